@@ -1,0 +1,199 @@
+"""Managed side effects: the two activity types, `plan_next_action` and `execute_tool`.
+
+Primitive 2 of the paper. Everything that touches the world (the model provider, the
+notes file, the clock) happens here, inside an activity, where Temporal records the
+result, applies the timeouts and retry policies set in `workflow.py`, and never runs it
+again once its completion is in the history.
+
+Failure classification, in one place:
+
+| failure                                        | who sees it | how                           |
+|------------------------------------------------|-------------|-------------------------------|
+| bad or missing tool arguments, unknown tool,   | the model   | ToolResult(is_error=True);    |
+| arguments that are not JSON, calculator error  |             | never retried                 |
+| provider rate limit, timeout, 5xx, connection  | Temporal    | retryable ApplicationError,   |
+|                                                |             | backoff from PLAN_OPTIONS     |
+| provider auth, bad request, context too long,  | the user    | non-retryable ApplicationError|
+| unknown model                                  |             | naming cause and fix; the     |
+|                                                |             | update fails, the chat lives  |
+| any other exception in a tool (a bug)          | Temporal    | retried, at most a minute     |
+|                                                |             | apart, until a fixed worker   |
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+import llm_client
+import tools
+from llm_client import LlmSettings
+from workflow import Plan, PlanRequest, ToolCall, ToolResult
+
+HEARTBEAT_EVERY_S = 1.0
+
+
+@dataclass(frozen=True)
+class Faults:
+    """Fault switches for the paper's failure scenarios, read from the environment at start."""
+
+    llm_failures: int = 0
+    tool_bug: bool = False
+    tool_delay_s: float = 0.0
+    failure_rate: float = 0.0
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Faults:
+        """Parse FAULT_* variables; raise ValueError naming the variable on a bad value."""
+        env = dict(os.environ if env is None else env)
+        known = {"FAULT_LLM_FAILURES", "FAULT_TOOL_BUG", "FAULT_TOOL_DELAY_S", "FAULT_FAILURE_RATE"}
+        if unknown := sorted(k for k in env if k.startswith("FAULT_") and k not in known):
+            raise ValueError(f"unknown fault switch {', '.join(unknown)}; known: {sorted(known)}")
+        faults = cls(
+            llm_failures=_parse(env, "FAULT_LLM_FAILURES", int, 0),
+            tool_bug=_parse(env, "FAULT_TOOL_BUG", int, 0) == 1,
+            tool_delay_s=_parse(env, "FAULT_TOOL_DELAY_S", float, 0.0),
+            failure_rate=_parse(env, "FAULT_FAILURE_RATE", float, 0.0),
+        )
+        if env.get("FAULT_TOOL_BUG", "0") not in ("0", "1"):
+            raise ValueError("FAULT_TOOL_BUG must be 0 or 1")
+        if faults.llm_failures < 0 or faults.tool_delay_s < 0:
+            raise ValueError("FAULT_LLM_FAILURES and FAULT_TOOL_DELAY_S must not be negative")
+        if not 0.0 <= faults.failure_rate <= 1.0:
+            raise ValueError("FAULT_FAILURE_RATE must be between 0 and 1")
+        return faults
+
+    def describe(self) -> list[str]:
+        """The active switches, one line each, for the worker's start banner."""
+        lines = []
+        if self.llm_failures:
+            lines.append(f"FAULT_LLM_FAILURES={self.llm_failures}: first plan attempts fail")
+        if self.tool_bug:
+            lines.append("FAULT_TOOL_BUG=1: every execute_tool attempt raises a simulated bug")
+        if self.tool_delay_s:
+            lines.append(f"FAULT_TOOL_DELAY_S={self.tool_delay_s:g}: tools work that long first")
+        if self.failure_rate:
+            lines.append(f"FAULT_FAILURE_RATE={self.failure_rate:g}: random transient failures")
+        return lines
+
+    def before_model_call(self) -> None:
+        """Fail this plan attempt if a switch says so, as a provider outage would."""
+        attempt = activity.info().attempt
+        if attempt <= self.llm_failures:
+            _inject(f"provider outage, attempt {attempt} (FAULT_LLM_FAILURES={self.llm_failures})")
+        self._maybe_fail_at_random()
+
+    async def before_tool_call(self) -> None:
+        """Delay, fail or crash this tool attempt if a switch says so."""
+        self._maybe_fail_at_random()
+        if self.tool_delay_s:
+            activity.logger.warning(
+                "FAULT INJECTED: tool works %gs first (FAULT_TOOL_DELAY_S)", self.tool_delay_s
+            )
+            await _work_with_heartbeats(self.tool_delay_s)
+        if self.tool_bug:
+            activity.logger.warning("FAULT INJECTED: simulated tool bug (FAULT_TOOL_BUG=1)")
+            raise RuntimeError("simulated bug in execute_tool (FAULT_TOOL_BUG=1)")
+
+    def _maybe_fail_at_random(self) -> None:
+        if self.failure_rate and random.random() < self.failure_rate:
+            _inject(f"random transient failure (FAULT_FAILURE_RATE={self.failure_rate:g})")
+
+
+class AgentActivities:
+    """The two activities, sharing the settings read once when the worker starts."""
+
+    def __init__(self, llm: LlmSettings, notes_file: Path, faults: Faults | None = None) -> None:
+        self._llm = llm
+        self._faults = faults or Faults()
+        self._notes_file = notes_file
+        self._tools = tools.registry(notes_file)
+
+    def describe(self) -> str:
+        """What this worker will do, for its start banner."""
+        model = self._llm.model
+        if self._llm.is_scripted:
+            model += " (the offline scripted model; set LLM_MODEL in .env for a real one)"
+        lines = [f"Model: {model}", f"Notes file: {self._notes_file}"]
+        switches = self._faults.describe()
+        lines += [f"Fault switch on: {line}" for line in switches] or ["Fault switches: none"]
+        return "\n".join(lines)
+
+    @activity.defn
+    async def plan_next_action(self, request: PlanRequest) -> Plan:
+        """Ask the model for the next step of the turn."""
+        offered = [
+            tool.schema()
+            for tool in self._tools.values()
+            if request.tools is None or tool.name in request.tools
+        ]
+        try:
+            self._faults.before_model_call()
+            return await llm_client.plan(self._llm, request.conversation, offered)
+        except Exception as err:
+            if classified := llm_client.classify_provider_error(err):
+                # "from None": the provider's own exception may quote a key; keep it out
+                # of the history, where the redacted message says all that is needed.
+                raise classified from None
+            raise
+
+    @activity.defn
+    async def execute_tool(self, call: ToolCall) -> ToolResult:
+        """Run one tool call; expected failures become a result the model can act on."""
+        await self._faults.before_tool_call()
+        try:
+            return ToolResult(call.id, call.name, self._run_tool(call))
+        except tools.ToolError as err:
+            return ToolResult(call.id, call.name, str(err), is_error=True)
+
+    def _run_tool(self, call: ToolCall) -> str:
+        tool = self._tools.get(call.name)
+        if tool is None:
+            raise tools.ToolError(
+                f"unknown tool '{call.name}'; available tools: {', '.join(self._tools)}"
+            )
+        try:
+            arguments = json.loads(call.arguments or "{}")
+        except json.JSONDecodeError as err:
+            raise tools.ToolError(
+                f"the arguments are not valid JSON ({err.msg}): {call.arguments[:200]}"
+            ) from err
+        if problem := jsonschema.exceptions.best_match(
+            jsonschema.Draft202012Validator(tool.parameters).iter_errors(arguments)
+        ):
+            raise tools.ToolError(f"invalid arguments for {tool.name}: {problem.message}")
+        return tool.run(**arguments)
+
+
+def _inject(what: str) -> None:
+    activity.logger.warning("FAULT INJECTED: %s", what)
+    raise ApplicationError(f"simulated failure: {what}", type="InjectedFault")
+
+
+async def _work_with_heartbeats(seconds: float) -> None:
+    """Stand-in for a slow tool: heartbeats, so a dead worker is noticed within seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while (left := deadline - loop.time()) > 0:
+        activity.heartbeat()
+        await asyncio.sleep(min(HEARTBEAT_EVERY_S, left))
+
+
+def _parse(env: dict[str, str], name: str, kind: Callable[[str], Any], default: Any) -> Any:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a valid {kind.__name__}") from None

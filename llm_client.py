@@ -1,0 +1,294 @@
+"""The model call, through LiteLLM, and the offline scripted model.
+
+Any LiteLLM model string works (`LLM_MODEL=openai/gpt-4o-mini`, `anthropic/...`, ...).
+With no `LLM_MODEL`, the scripted model answers. It is registered as a LiteLLM custom
+provider, so its replies are real LiteLLM responses with native `tool_calls`, parsed by
+exactly the code that parses a real provider's.
+
+Only activities import this module: LiteLLM takes seconds to import and has no place
+in the deterministic workflow sandbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+# Without this, importing LiteLLM tries to download a price list and stalls offline.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+import litellm
+from litellm import CustomLLM, ModelResponse
+from temporalio.exceptions import ApplicationError
+
+from workflow import Message, Plan, ToolCall
+
+SCRIPTED_MODEL = "scripted/agent"
+
+SYSTEM_PROMPT = (
+    "You are a helpful assistant in a durable chat. Use the tools when they help: "
+    "calculator for arithmetic, weather for the (demo) weather, save_note to remember "
+    "something for the user. When the user says goodbye, call end_chat."
+)
+
+# Temporal owns retries: each attempt is an activity attempt, visible in the history.
+litellm.num_retries = 0
+litellm.suppress_debug_info = True
+
+
+@dataclass(frozen=True)
+class LlmSettings:
+    """Which model to call and how; read once, when the worker starts."""
+
+    model: str = SCRIPTED_MODEL
+    timeout_s: float = 60.0
+    scripted_latency_s: float = 0.0
+
+    @classmethod
+    def from_env(cls) -> LlmSettings:
+        return cls(
+            model=os.environ.get("LLM_MODEL") or SCRIPTED_MODEL,
+            timeout_s=float(os.environ.get("LLM_TIMEOUT_S", "60")),
+            scripted_latency_s=float(os.environ.get("SCRIPTED_LATENCY_MS", "0")) / 1000,
+        )
+
+    @property
+    def is_scripted(self) -> bool:
+        return self.model.startswith("scripted/")
+
+    def missing_keys(self) -> list[str]:
+        """Provider keys the model needs but the environment lacks (checked at start)."""
+        if self.is_scripted:
+            return []
+        return list(litellm.validate_environment(model=self.model).get("missing_keys", []))
+
+
+async def plan(
+    settings: LlmSettings, conversation: list[Message], tools: list[dict[str, Any]]
+) -> Plan:
+    """One chat completion with native tool calling, parsed into the workflow's `Plan`."""
+    extra: dict[str, Any] = {}
+    if settings.is_scripted and settings.scripted_latency_s:
+        extra["extra_body"] = {"latency_s": settings.scripted_latency_s}
+    response = await litellm.acompletion(
+        model=settings.model,
+        messages=[
+            {"role": "system", "content": SYSTEM_PROMPT},
+            *(to_provider_format(message) for message in conversation),
+        ],
+        tools=[*tools, END_CHAT_SCHEMA],
+        timeout=settings.timeout_s,
+        num_retries=0,
+        **extra,
+    )
+    return plan_from_reply(response.choices[0].message)
+
+
+# Ordered: ContextWindowExceededError is a BadRequestError, so it must come first.
+PERMANENT_PROVIDER_ERRORS: list[tuple[type[Exception], str]] = [
+    (litellm.AuthenticationError, "Check the provider's API key in .env."),
+    (litellm.PermissionDeniedError, "Check that the API key may use this model."),
+    (litellm.NotFoundError, "Check LLM_MODEL: the provider does not know this model."),
+    (
+        litellm.ContextWindowExceededError,
+        "The conversation is too long for this model; start a new session.",
+    ),
+    (litellm.BadRequestError, "Check LLM_MODEL and the provider settings in .env."),
+]
+TRANSIENT_PROVIDER_ERRORS: tuple[type[Exception], ...] = (
+    litellm.RateLimitError,
+    litellm.Timeout,
+    litellm.APIConnectionError,
+    litellm.InternalServerError,
+    litellm.ServiceUnavailableError,
+)
+
+END_CHAT_SCHEMA = {
+    "type": "function",
+    "function": {
+        "name": "end_chat",
+        "description": "End the conversation after the user says goodbye.",
+        "parameters": {
+            "type": "object",
+            "properties": {"farewell": {"type": "string", "description": "Last words."}},
+        },
+    },
+}
+
+
+def plan_from_reply(reply: litellm.Message) -> Plan:
+    """Parse the provider's assistant message into the workflow's `Plan`."""
+    calls = [
+        ToolCall(call.id, call.function.name or "", call.function.arguments or "")
+        for call in reply.tool_calls or []
+    ]
+    for call in calls:
+        if call.name == "end_chat":
+            farewell = _json_object(call.arguments).get("farewell") or reply.content
+            return Plan(reply=str(farewell or "Goodbye!"), end_chat=True)
+    if not calls and not reply.content:
+        return Plan(reply="(The model returned an empty reply.)")
+    return Plan(reply=reply.content or "", tool_calls=calls)
+
+
+def to_provider_format(message: Message) -> dict[str, Any]:
+    """A history message in the OpenAI chat format that LiteLLM takes for every provider."""
+    if message.role == "tool":
+        return {"role": "tool", "tool_call_id": message.tool_call_id, "content": message.content}
+    if not message.tool_calls:
+        return {"role": message.role, "content": message.content}
+    return {
+        "role": "assistant",
+        "content": message.content or None,
+        "tool_calls": [
+            {
+                "id": call.id,
+                "type": "function",
+                # Providers reject invalid JSON here; the tool result already quotes it.
+                "function": {"name": call.name, "arguments": _valid_json(call.arguments)},
+            }
+            for call in message.tool_calls
+        ],
+    }
+
+
+def classify_provider_error(err: Exception) -> ApplicationError | None:
+    """What Temporal should do with a provider exception; None for one we do not know,
+    which Temporal then retries like any other activity failure."""
+    detail = _redact(str(err))[:300]
+    for kind, fix in PERMANENT_PROVIDER_ERRORS:
+        if isinstance(err, kind):
+            return ApplicationError(
+                f"The model provider refused the request ({kind.__name__}): {detail} {fix}",
+                type=kind.__name__,
+                non_retryable=True,
+            )
+    if isinstance(err, TRANSIENT_PROVIDER_ERRORS):
+        return ApplicationError(
+            f"The model provider is unavailable ({type(err).__name__}): {detail}",
+            type="ProviderUnavailable",
+        )
+    return None
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text or "{}")
+    except json.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _valid_json(text: str) -> str:
+    try:
+        json.loads(text)
+    except json.JSONDecodeError:
+        return "{}"
+    return text
+
+
+def _redact(text: str) -> str:
+    """Keep API keys out of messages that end up in the history and the logs."""
+    return re.sub(r"\b(sk|key|api)[-_][A-Za-z0-9_\-*]{8,}", r"\1-[redacted]", text)
+
+
+# --- The scripted model -------------------------------------------------------------
+
+_GOODBYE = re.compile(r"\b(bye|goodbye)\b", re.IGNORECASE)
+_NOTE = re.compile(r"^\s*(?:note:|remember)\s*(?P<text>.+)$", re.IGNORECASE | re.DOTALL)
+_CITIES = re.compile(r"weather (?:in|for) ([A-Za-z][A-Za-z ,.'-]*)", re.IGNORECASE)
+_CITY_SEPARATOR = re.compile(r"\s*(?:,|\band\b)\s*")
+_ARITHMETIC = re.compile(r"[-(\d.][\d.\s()+\-*/%^]*[\d)]")
+_HAS_OPERATOR = re.compile(r"[\d)]\s*(?:\*\*|[-+*/%^])\s*[-(\d.]")
+
+
+class ScriptedModel(CustomLLM):
+    """A deterministic offline model that speaks the OpenAI tool-calling protocol.
+
+    An arithmetic question calls `calculator`, "weather in <city>" calls `weather`,
+    "note: <text>" or "remember <text>" calls `save_note`, "bye" calls `end_chat`;
+    after tool results it answers from them. Anything else gets a short reply saying
+    this is the scripted model.
+    """
+
+    async def acompletion(self, model: str, messages: list, *args: Any, **kwargs: Any) -> Any:
+        if model != SCRIPTED_MODEL.split("/", 1)[1]:
+            raise litellm.NotFoundError(
+                message=f"the scripted provider has no model '{model}'; use '{SCRIPTED_MODEL}'",
+                model=model,
+                llm_provider="scripted",
+            )
+        extra_body = (kwargs.get("optional_params") or {}).get("extra_body") or {}
+        if latency_s := extra_body.get("latency_s"):
+            await asyncio.sleep(latency_s)
+        return ModelResponse(model=SCRIPTED_MODEL, choices=[scripted_reply(messages)])
+
+    def completion(self, model: str, messages: list, *args: Any, **kwargs: Any) -> Any:
+        return ModelResponse(model=SCRIPTED_MODEL, choices=[scripted_reply(messages)])
+
+
+litellm.custom_provider_map = [{"provider": "scripted", "custom_handler": ScriptedModel()}]
+
+
+def scripted_reply(messages: list[dict[str, Any]]) -> dict[str, Any]:
+    """The scripted model's choice for a conversation in OpenAI format."""
+    last = messages[-1]
+    if last["role"] == "tool":
+        return _say(_summarise_tool_results(messages))
+    text = str(last.get("content") or "")
+    step = len(messages)
+    if note := _NOTE.match(text):
+        return _call(step, [("save_note", {"text": note["text"].strip()})])
+    if _GOODBYE.search(text):
+        return _call(step, [("end_chat", {"farewell": "Goodbye! Thanks for chatting."})])
+    if places := _CITIES.search(text):
+        cities = [c.strip(" .") for c in _CITY_SEPARATOR.split(places[1]) if c.strip(" .")]
+        return _call(step, [("weather", {"city": city}) for city in cities])
+    if sums := [e.strip() for e in _ARITHMETIC.findall(text) if _HAS_OPERATOR.search(e)]:
+        return _call(step, [("calculator", {"expression": e}) for e in sums])
+    return _say(
+        "I am the scripted offline model. I can do arithmetic ('What is 25 * 4?'), "
+        "demo weather ('weather in Paris'), notes ('note: buy milk') and 'bye'. "
+        "Set LLM_MODEL in .env to talk to a real model."
+    )
+
+
+def _say(text: str) -> dict[str, Any]:
+    return {"message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+
+
+def _call(step: int, calls: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    tool_calls = [
+        {
+            "id": f"call_{step}_{index}",
+            "type": "function",
+            "function": {"name": name, "arguments": json.dumps(arguments)},
+        }
+        for index, (name, arguments) in enumerate(calls)
+    ]
+    return {
+        "message": {"role": "assistant", "content": None, "tool_calls": tool_calls},
+        "finish_reason": "tool_calls",
+    }
+
+
+def _summarise_tool_results(messages: list[dict[str, Any]]) -> str:
+    """Answer from the tool results that follow the last assistant tool request."""
+    asked = next(m for m in reversed(messages) if m["role"] == "assistant" and m.get("tool_calls"))
+    calls = {call["id"]: call["function"] for call in asked["tool_calls"]}
+    lines = []
+    for message in messages[messages.index(asked) + 1 :]:
+        function = calls.get(message.get("tool_call_id"), {"name": "?", "arguments": "{}"})
+        result = str(message["content"])
+        if result.startswith("Error:"):
+            lines.append(f"The {function['name']} tool failed. {result}")
+        elif function["name"] == "calculator":
+            expression = _json_object(function["arguments"]).get("expression", "")
+            lines.append(f"{expression} = {result}")
+        else:
+            lines.append(result)
+    return "; ".join(lines)

@@ -1,0 +1,183 @@
+"""Every failure has a designed outcome: the model sees it, Temporal retries it, or the user
+reads a message, and the conversation survives. Each test names who handles the failure."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import litellm
+import pytest
+from conftest import history_events, say, scheduled_activities, start_session
+from litellm import CustomLLM, ModelResponse
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
+
+from activities import AgentActivities, Faults
+from llm_client import LlmSettings
+from worker import build_worker
+from workflow import DurableAgentWorkflow
+
+
+class MisbehavingModel(CustomLLM):
+    """A provider whose model emits broken tool calls, then repeats what the tools said."""
+
+    async def acompletion(self, model: str, messages: list, *args: Any, **kwargs: Any) -> Any:
+        if messages[-1]["role"] == "tool":
+            seen = " | ".join(m["content"] for m in messages if m["role"] == "tool")
+            choice = {"message": {"role": "assistant", "content": f"tools said: {seen}"}}
+        else:
+            calls = [
+                ("calculator", '{"expression": "2 +'),  # not JSON
+                ("teleport", '{"to": "Mars"}'),  # no such tool
+                ("calculator", "{}"),  # missing argument
+                ("calculator", '{"expression": "1/0"}'),  # the tool's own error
+            ]
+            choice = {
+                "message": {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {"id": f"c{i}", "type": "function", "function": {"name": n, "arguments": a}}
+                        for i, (n, a) in enumerate(calls)
+                    ],
+                }
+            }
+        return ModelResponse(model=model, choices=[choice])
+
+
+litellm.custom_provider_map.append(
+    {"provider": "misbehaving", "custom_handler": MisbehavingModel()}
+)
+
+
+async def test_malformed_and_failing_tool_calls_are_shown_to_the_model_not_retried(
+    client: Client, task_queue: str, notes_file: Path
+):
+    activities = AgentActivities(LlmSettings(model="misbehaving/model"), notes_file)
+    async with build_worker(client, task_queue, activities, max_cached_workflows=0):
+        handle = await start_session(client, task_queue)
+        reply = await say(handle, "do things")
+
+    assert "the arguments are not valid JSON" in reply
+    assert "unknown tool 'teleport'; available tools: calculator, weather, save_note" in reply
+    assert "'expression' is a required property" in reply
+    assert "division by zero" in reply
+    events = await history_events(handle)
+    assert not [e for e in events if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED]
+    assert all(
+        e.activity_task_started_event_attributes.attempt == 1
+        for e in events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED
+    )
+
+
+async def test_permanent_provider_error_fails_the_turn_with_the_fix_and_the_chat_lives_on(
+    client: Client, task_queue: str, notes_file: Path
+):
+    misconfigured = AgentActivities(LlmSettings(model="scripted/no-such-model"), notes_file)
+    async with build_worker(client, task_queue, misconfigured, max_cached_workflows=0):
+        handle = await start_session(client, task_queue)
+        with pytest.raises(WorkflowUpdateFailedError) as failed:
+            await say(handle, "What is 25 * 4?")
+
+    message = str(failed.value.cause)
+    assert "NotFoundError" in message and "Check LLM_MODEL" in message
+    failures = [
+        e
+        for e in await history_events(handle)
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED
+    ]
+    assert len(failures) == 1  # non-retryable: one attempt, no retries
+
+    fixed = AgentActivities(LlmSettings(), notes_file)
+    async with build_worker(client, task_queue, fixed, max_cached_workflows=0):
+        assert await say(handle, "What is 25 * 4?") == "25 * 4 = 100"
+        transcript = await handle.query(DurableAgentWorkflow.conversation)
+    # The failed turn was rolled back: the model never sees a question without an answer.
+    assert [m.content for m in transcript.messages if m.role == "user"] == ["What is 25 * 4?"]
+
+
+async def test_provider_outage_is_retried_by_temporal_with_backoff(
+    client: Client, task_queue: str, notes_file: Path
+):
+    flaky = AgentActivities(LlmSettings(), notes_file, Faults(llm_failures=2))
+    async with build_worker(client, task_queue, flaky, max_cached_workflows=0):
+        handle = await start_session(client, task_queue)
+        assert await say(handle, "hello") != ""
+
+    started = [
+        e.activity_task_started_event_attributes
+        for e in await history_events(handle)
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED
+    ]
+    assert [s.attempt for s in started] == [3]
+    assert "InjectedFault" in started[0].last_failure.application_failure_info.type
+
+
+async def test_bug_in_a_tool_is_retried_until_a_fixed_worker_completes_the_turn(
+    client: Client, task_queue: str, notes_file: Path
+):
+    import asyncio
+
+    buggy = AgentActivities(LlmSettings(), notes_file, Faults(tool_bug=True))
+    async with build_worker(client, task_queue, buggy):
+        handle = await start_session(client, task_queue)
+        turn = asyncio.create_task(say(handle, "What is 6 * 7?"))
+        await _until(lambda: _tool_attempts(handle), lambda n: n >= 2)
+
+    async with build_worker(client, task_queue, AgentActivities(LlmSettings(), notes_file)):
+        assert await turn == "6 * 7 = 42"
+    assert await scheduled_activities(handle) == [
+        "plan_next_action",
+        "execute_tool",
+        "plan_next_action",
+    ]
+
+
+async def _tool_attempts(handle: WorkflowHandle) -> int:
+    description = await handle.describe()
+    pending = description.raw_description.pending_activities
+    return max((p.attempt for p in pending if p.activity_type.name == "execute_tool"), default=0)
+
+
+async def _until(probe, condition, timeout_s: float = 20.0) -> None:
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not condition(await probe()):
+        assert loop.time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.2)
+
+
+def test_fault_switches_reject_unknown_or_malformed_values():
+    assert Faults.from_env({"FAULT_LLM_FAILURES": "3"}) == Faults(llm_failures=3)
+    for env, complaint in [
+        ({"FAULT_LLM_FAILURES": "three"}, "FAULT_LLM_FAILURES='three' is not a valid int"),
+        ({"FAULT_TOOL_BUG": "yes"}, "FAULT_TOOL_BUG"),
+        ({"FAULT_FAILURE_RATE": "1.5"}, "between 0 and 1"),
+        ({"FAULT_TOOL_DELAY": "3"}, "unknown fault switch FAULT_TOOL_DELAY"),
+    ]:
+        with pytest.raises(ValueError, match=complaint):
+            Faults.from_env(env)
+
+
+def test_provider_errors_are_classified_transient_or_permanent():
+    from llm_client import classify_provider_error
+
+    def error(kind: type[Exception], **extra: Any) -> Exception:
+        return kind(message="boom sk-abcdefghijklmnop", model="m", llm_provider="p", **extra)
+
+    transient = [litellm.RateLimitError, litellm.Timeout, litellm.ServiceUnavailableError]
+    for kind in transient:
+        assert not classify_provider_error(error(kind)).non_retryable
+    permanent = [litellm.AuthenticationError, litellm.NotFoundError, litellm.BadRequestError]
+    for kind in permanent:
+        classified = classify_provider_error(error(kind))
+        assert classified.non_retryable
+        assert "sk-abcdefghijklmnop" not in classified.message  # keys never reach history
+    context = classify_provider_error(error(litellm.ContextWindowExceededError))
+    assert "too long for this model" in context.message
+    assert json.dumps(context.message)

@@ -1,0 +1,36 @@
+"""Determinism: the workflow code must replay the histories it has written before.
+
+`tests/histories/` keeps histories recorded with earlier versions of `workflow.py`. A change
+that breaks their replay would break every conversation already running. Record a new one
+with `uv run temporal workflow show --workflow-id ID --output json > tests/histories/NAME.json`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import say
+from temporalio.client import WorkflowHandle, WorkflowHistory
+from temporalio.worker import Replayer
+
+from workflow import DurableAgentWorkflow
+
+HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
+
+
+@pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])
+async def test_recorded_history_replays_with_the_current_workflow_code(path: Path):
+    history = WorkflowHistory.from_json("recorded", path.read_text())
+    await Replayer(workflows=[DurableAgentWorkflow]).replay_workflow(history)
+
+
+async def test_fresh_conversation_with_every_kind_of_turn_replays(session: WorkflowHandle):
+    await say(session, "What is 2 + 2 and 3 * 3?")
+    await say(session, "hello")
+    await say(session, "note: replay me")
+    await say(session, "bye")
+    await session.result()
+
+    history = await session.fetch_history()
+    await Replayer(workflows=[DurableAgentWorkflow]).replay_workflow(history)

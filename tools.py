@@ -1,0 +1,212 @@
+"""The agent's tools, each with its JSON Schema written once.
+
+The schema is sent to the model (the function-calling format LiteLLM takes) and checks
+the model's arguments before the tool runs. `execute_tool` in `activities.py` is the
+only caller: a tool runs inside an activity, never in the workflow.
+
+A tool raises `ToolError` for a failure the model should see and can correct (a bad
+expression, an empty city). Anything else it raises is a bug, and Temporal retries it.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import math
+import operator
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from temporalio import activity
+
+try:
+    import fcntl  # POSIX: serialises note writers from several worker processes.
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+MAX_EXPRESSION_CHARS = 200
+MAX_RESULT_DIGITS = 100
+MAX_NOTE_CHARS = 2_000
+
+
+class ToolError(Exception):
+    """An expected tool failure: its message goes back to the model as the tool result."""
+
+
+@dataclass(frozen=True)
+class Tool:
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    run: Callable[..., str]
+
+    def schema(self) -> dict[str, Any]:
+        return {
+            "type": "function",
+            "function": {
+                "name": self.name,
+                "description": self.description,
+                "parameters": self.parameters,
+            },
+        }
+
+
+def registry(notes_file: Path) -> dict[str, Tool]:
+    """Every tool the worker offers, by name."""
+    tools = [
+        Tool(
+            "calculator",
+            "Evaluate an arithmetic expression: numbers, + - * / // % ** and parentheses.",
+            _object({"expression": {"type": "string", "maxLength": MAX_EXPRESSION_CHARS}}),
+            calculate,
+        ),
+        Tool(
+            "weather",
+            "DEMO DATA, not a real forecast: made-up but stable weather for a city.",
+            _object({"city": {"type": "string", "minLength": 1, "maxLength": 100}}),
+            demo_weather,
+        ),
+        Tool(
+            "save_note",
+            "Save a note for the user in their notes file.",
+            _object({"text": {"type": "string", "minLength": 1, "maxLength": MAX_NOTE_CHARS}}),
+            NoteBook(notes_file).save,
+        ),
+    ]
+    return {tool.name: tool for tool in tools}
+
+
+def _object(properties: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": list(properties),
+        "additionalProperties": False,
+    }
+
+
+# --- calculator: a small AST walker, so no Python but arithmetic ever runs ------------
+
+_BINARY: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+    ast.Pow: operator.pow,
+}
+_UNARY: dict[type[ast.unaryop], Callable[[Any], Any]] = {
+    ast.UAdd: operator.pos,
+    ast.USub: operator.neg,
+}
+
+
+def calculate(expression: str) -> str:
+    """Evaluate arithmetic safely; names, calls, attributes and huge numbers are refused."""
+    if len(expression) > MAX_EXPRESSION_CHARS:
+        raise ToolError(f"the expression is longer than {MAX_EXPRESSION_CHARS} characters")
+    try:
+        tree = ast.parse(expression.strip(), mode="eval")
+    except SyntaxError:
+        raise ToolError(f"'{expression}' is not an arithmetic expression") from None
+    value = _evaluate(tree.body)
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() and abs(value) < 1e15 else f"{value:.12g}"
+    return str(value)
+
+
+def _evaluate(node: ast.expr) -> int | float:
+    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+        return node.value
+    if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
+        return _UNARY[type(node.op)](_evaluate(node.operand))
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
+        left, right = _evaluate(node.left), _evaluate(node.right)
+        if isinstance(node.op, ast.Pow):
+            _check_power(left, right)
+        try:
+            result = _BINARY[type(node.op)](left, right)
+        except ZeroDivisionError:
+            raise ToolError("division by zero") from None
+        except OverflowError:
+            raise ToolError("the result is too large") from None
+        return _checked(result)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitXor):
+        raise ToolError("'^' is not a power here; write 2 ** 10")
+    raise ToolError(
+        "only numbers, + - * / // % ** and parentheses are allowed "
+        f"(found {type(node).__name__.lower()})"
+    )
+
+
+def _check_power(base: float, exponent: float) -> None:
+    # Estimate the size before computing: 9 ** 9 ** 9 must fail in microseconds.
+    if abs(base) > 1 and exponent * math.log10(abs(base)) > MAX_RESULT_DIGITS:
+        raise ToolError(f"the result would have more than {MAX_RESULT_DIGITS} digits")
+
+
+def _checked(value: Any) -> int | float:
+    if isinstance(value, complex):
+        raise ToolError("the result is not a real number")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ToolError("the result is too large")
+    if isinstance(value, int) and abs(value) >= 10**MAX_RESULT_DIGITS:
+        raise ToolError(f"the result has more than {MAX_RESULT_DIGITS} digits")
+    return value
+
+
+# --- weather: demo data ---------------------------------------------------------------
+
+_CONDITIONS = ["sunny", "partly cloudy", "overcast", "light rain", "windy", "snow showers"]
+
+
+def demo_weather(city: str) -> str:
+    """Made-up weather, stable per city, labelled as demo data wherever it shows."""
+    name = " ".join(city.split()).title()
+    if not name:
+        raise ToolError("the city name is empty")
+    digest = hashlib.sha256(name.lower().encode()).digest()
+    celsius = digest[0] % 36 - 5
+    return f"[demo data] {name}: {celsius}°C, {_CONDITIONS[digest[1] % len(_CONDITIONS)]}."
+
+
+# --- save_note: an idempotent append ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NoteBook:
+    """Notes as JSON lines. Each note is keyed by the activity that wrote it, so a retried
+    or re-executed activity (say, after a worker crash) never writes it twice."""
+
+    path: Path
+
+    def save(self, text: str) -> str:
+        info = activity.info()
+        # Activity ids restart in each run after continue-as-new, so the run id is in the key.
+        key = f"{info.workflow_id}/{info.workflow_run_id}/{info.activity_id}"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a+", encoding="utf-8") as notes:
+            if fcntl is not None:
+                fcntl.flock(notes, fcntl.LOCK_EX)
+            notes.seek(0)
+            if key not in _keys(notes.read().splitlines()):
+                record = {"key": key, "session": info.workflow_id, "text": text}
+                notes.write(json.dumps(record, ensure_ascii=False) + "\n")
+                notes.flush()
+                os.fsync(notes.fileno())
+        return f"Saved your note: {text}"
+
+
+def _keys(lines: list[str]) -> set[str]:
+    keys = set()
+    for line in lines:
+        try:
+            keys.add(json.loads(line)["key"])
+        except (ValueError, KeyError, TypeError):
+            continue  # A hand-edited or torn line is not ours to judge.
+    return keys

@@ -1,0 +1,131 @@
+"""The worker: hosts the workflow and the two activities, and polls the task queue.
+
+Start as many as you like on one task queue; Temporal spreads the work between them,
+and when one dies another picks its tasks up. Everything configurable is read here,
+once, at start: connection (the SDK's environment configuration: TEMPORAL_ADDRESS,
+TEMPORAL_NAMESPACE, TEMPORAL_API_KEY, TLS, profiles), task queue, model, notes file
+and fault switches.
+
+    uv run worker.py [--address HOST:PORT] [--task-queue NAME]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dotenv import load_dotenv
+from temporalio.client import Client
+from temporalio.envconfig import ClientConfig
+from temporalio.worker import Worker
+
+from workflow import DurableAgentWorkflow
+
+if TYPE_CHECKING:
+    from activities import AgentActivities
+
+DEFAULT_ADDRESS = "localhost:7233"
+DEFAULT_TASK_QUEUE = "durable-agent-queue"
+DEFAULT_NOTES_FILE = "notes.jsonl"
+
+
+class TemporalUnreachable(Exception):
+    """Raised by `connect` with a message that says what to run instead."""
+
+
+async def connect(address: str | None = None) -> Client:
+    """Connect as the environment configuration says; `address` overrides its host."""
+    config = ClientConfig.load_client_connect_config()
+    config.setdefault("target_host", DEFAULT_ADDRESS)
+    if address:
+        config["target_host"] = address
+    try:
+        return await Client.connect(**config)
+    except RuntimeError as err:
+        raise TemporalUnreachable(
+            f"Cannot reach Temporal at {config['target_host']} ({err}).\n"
+            "Start a local server with `uv run temporal server start-dev`, or run the chat "
+            "with `uv run start_workflow.py --embedded`, which starts one for you."
+        ) from err
+
+
+def task_queue_name(flag: str | None = None) -> str:
+    return flag or os.environ.get("TEMPORAL_TASK_QUEUE") or DEFAULT_TASK_QUEUE
+
+
+def build_worker(
+    client: Client,
+    task_queue: str,
+    activities: AgentActivities | None = None,
+    **options: Any,
+) -> Worker:
+    """A worker for the agent; `activities` defaults to one configured from the environment."""
+    if activities is None:
+        activities = configured_activities()
+    return Worker(
+        client,
+        task_queue=task_queue,
+        workflows=[DurableAgentWorkflow],
+        activities=[activities.plan_next_action, activities.execute_tool],
+        graceful_shutdown_timeout=timedelta(seconds=5),
+        **options,
+    )
+
+
+def configured_activities() -> AgentActivities:
+    """The activities as the environment configures them. Raises ValueError on bad settings."""
+    # Imported here, not at the top: LiteLLM takes seconds to load, and the chat client
+    # imports this module only to connect.
+    from activities import AgentActivities, Faults
+    from llm_client import LlmSettings
+
+    llm = LlmSettings.from_env()
+    if missing := llm.missing_keys():
+        raise ValueError(f"LLM_MODEL={llm.model} needs {', '.join(missing)}: add it to .env")
+    notes_file = Path(os.environ.get("NOTES_FILE") or DEFAULT_NOTES_FILE)
+    return AgentActivities(llm, notes_file, Faults.from_env())
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--address", help=f"Temporal frontend (default {DEFAULT_ADDRESS})")
+    parser.add_argument("--task-queue", help=f"task queue (default {DEFAULT_TASK_QUEUE})")
+    args = parser.parse_args()
+    load_dotenv()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        activities = configured_activities()
+        client = await connect(args.address)
+    except (ValueError, TemporalUnreachable) as err:
+        print(f"worker: {err}", file=sys.stderr)
+        return 2
+    task_queue = task_queue_name(args.task_queue)
+    print(activities.describe(), file=sys.stderr)
+    print(f"Polling task queue '{task_queue}'. Ctrl-C to stop.", file=sys.stderr)
+
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        asyncio.get_running_loop().add_signal_handler(signum, stop.set)
+    async with build_worker(client, task_queue, activities):
+        await stop.wait()
+    print("Worker stopped.", file=sys.stderr)
+    return 0
+
+
+def exit_process(code: int) -> None:
+    """Exit without interpreter teardown, which can race the SDK's Rust threads and abort
+    a finished process (temporalio/sdk-python#300); flush our output first."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    exit_process(asyncio.run(main()))

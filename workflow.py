@@ -1,0 +1,270 @@
+"""The deterministic orchestrator: one workflow per conversation runs the agent loop.
+
+Primitive 1 of the paper. Temporal rebuilds this object after a crash by replaying the
+event history through the same code, so everything here must be deterministic: no I/O,
+no randomness, no wall clock, no LiteLLM. The two side effects, asking the model and
+running a tool, are activities (`activities.py`). This file names them instead of
+importing them, so the orchestrator never loads LiteLLM and the chat client can import
+it in a blink.
+
+The dataclasses below are the contract of the event history: every activity input and
+result is stored there as JSON, so they stay small, typed and stable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Literal
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import TimeoutError as ActivityTimeoutError
+
+MAX_MESSAGE_CHARS = 8_000
+"""Longest user message accepted; longer ones are rejected before they reach history."""
+
+MAX_MODEL_STEPS_PER_TURN = 8
+"""Model calls allowed in one turn, so a model that keeps asking for tools cannot loop forever."""
+
+# One model call. Transient provider errors (rate limit, timeout, 5xx) are retried with
+# exponential backoff; after PLAN_GIVE_UP_AFTER of failures the turn ends with a message.
+PLAN_OPTIONS = {
+    "start_to_close_timeout": timedelta(seconds=120),
+    "schedule_to_close_timeout": timedelta(minutes=10),
+    "retry_policy": RetryPolicy(
+        initial_interval=timedelta(seconds=1),
+        backoff_coefficient=2.0,
+        maximum_interval=timedelta(seconds=30),
+    ),
+}
+
+# One tool call. Expected tool failures come back as results, so anything raised here is
+# a bug: it is retried without limit, at most a minute apart, until a fixed worker runs it.
+TOOL_OPTIONS = {
+    "start_to_close_timeout": timedelta(minutes=5),
+    "heartbeat_timeout": timedelta(seconds=10),
+    "retry_policy": RetryPolicy(
+        initial_interval=timedelta(seconds=1),
+        backoff_coefficient=2.0,
+        maximum_interval=timedelta(seconds=60),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A tool the model asked for. `arguments` is the model's raw JSON text, valid or not."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True)
+class ToolResult:
+    """What a tool returned, or why it failed; the model sees both."""
+
+    call_id: str
+    name: str
+    content: str
+    is_error: bool = False
+
+
+@dataclass(frozen=True)
+class Message:
+    """One chat message: role is "user", "assistant" or "tool"."""
+
+    role: str
+    content: str
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    tool_call_id: str | None = None
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    """Input of `plan_next_action`. `tools` None offers every tool the worker has."""
+
+    conversation: list[Message]
+    tools: list[str] | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The model's next step: tool calls to run, or a reply (which may end the chat)."""
+
+    reply: str = ""
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    end_chat: bool = False
+
+
+@dataclass(frozen=True)
+class SessionInput:
+    """How a conversation starts."""
+
+    tools: list[str] | None = None
+    max_model_steps_per_turn: int = MAX_MODEL_STEPS_PER_TURN
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """The conversation so far, as returned by the query and by the finished workflow."""
+
+    messages: list[Message]
+    ended: bool
+
+
+Status = Literal["idle", "working", "ended"]
+
+
+@dataclass(frozen=True)
+class _Inbound:
+    number: int
+    text: str
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    reply: str = ""
+    error: str = ""
+
+
+@workflow.defn
+class DurableAgentWorkflow:
+    """One conversation. The workflow id is the session id."""
+
+    @workflow.init
+    def __init__(self, session: SessionInput) -> None:
+        self._session = session
+        self._messages: list[Message] = []
+        self._inbox: deque[_Inbound] = deque()
+        self._outcomes: dict[int, _Outcome] = {}
+        self._received = 0
+        self._working = False
+        self._ended = False
+
+    @workflow.run
+    async def run(self, session: SessionInput) -> Transcript:
+        # Messages are answered one at a time, in the order their updates were accepted.
+        while not self._ended:
+            await workflow.wait_condition(lambda: bool(self._inbox) or self._ended)
+            if self._ended:
+                break
+            message = self._inbox.popleft()
+            self._working = True
+            self._outcomes[message.number] = await self._answer(message.text)
+            self._working = False
+        for message in self._inbox:
+            self._outcomes[message.number] = _Outcome(
+                error="The chat ended before this message was answered."
+            )
+        self._inbox.clear()
+        # Let every waiting caller receive its reply before the workflow closes.
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return self._transcript()
+
+    @workflow.update
+    async def send_message(self, text: str) -> str:
+        """Queue a user message and return the agent's reply to it."""
+        self._received += 1
+        number = self._received
+        self._inbox.append(_Inbound(number, text))
+        await workflow.wait_condition(lambda: number in self._outcomes)
+        outcome = self._outcomes.pop(number)
+        if outcome.error:
+            # ApplicationError fails this update only; the conversation carries on.
+            raise ApplicationError(outcome.error, type="TurnFailed", non_retryable=True)
+        return outcome.reply
+
+    @send_message.validator
+    def _validate_message(self, text: str) -> None:
+        # Runs before the update is written to history: a rejection leaves no trace.
+        if self._ended:
+            raise ValueError("This chat has ended. Start a new session to keep talking.")
+        if not text.strip():
+            raise ValueError("The message is empty.")
+        if len(text) > MAX_MESSAGE_CHARS:
+            raise ValueError(
+                f"The message has {len(text)} characters; the limit is {MAX_MESSAGE_CHARS}."
+            )
+
+    @workflow.signal
+    def end_chat(self) -> None:
+        """End the conversation once the turn in progress (if any) has been answered."""
+        self._ended = True
+
+    @workflow.query
+    def conversation(self) -> Transcript:
+        return self._transcript()
+
+    @workflow.query
+    def status(self) -> Status:
+        if self._ended:
+            return "ended"
+        return "working" if self._working or self._inbox else "idle"
+
+    async def _answer(self, text: str) -> _Outcome:
+        """Run one turn; if it fails, undo it so the model never sees half a turn."""
+        turn_start = len(self._messages)
+        self._messages.append(Message("user", text))
+        try:
+            return _Outcome(reply=await self._agent_loop())
+        except ActivityError as err:
+            del self._messages[turn_start:]
+            return _Outcome(error=_explain(err))
+
+    async def _agent_loop(self) -> str:
+        """plan -> tools -> plan -> ... -> reply: the loop the paper makes durable."""
+        for _ in range(self._session.max_model_steps_per_turn):
+            plan: Plan = await workflow.execute_activity(
+                "plan_next_action",
+                PlanRequest(self._messages, self._session.tools),
+                result_type=Plan,
+                **PLAN_OPTIONS,
+            )
+            self._messages.append(Message("assistant", plan.reply, plan.tool_calls))
+            if not plan.tool_calls:
+                self._ended = self._ended or plan.end_chat
+                return plan.reply
+            # Several tool calls from one model reply run concurrently.
+            results: list[ToolResult] = await asyncio.gather(
+                *(
+                    workflow.execute_activity(
+                        "execute_tool", call, result_type=ToolResult, **TOOL_OPTIONS
+                    )
+                    for call in plan.tool_calls
+                )
+            )
+            self._messages.extend(
+                Message("tool", _observation(result), tool_call_id=result.call_id)
+                for result in results
+            )
+        reply = (
+            f"I stopped after {self._session.max_model_steps_per_turn} model steps without "
+            "reaching an answer. Please rephrase or split the request."
+        )
+        self._messages.append(Message("assistant", reply))
+        return reply
+
+    def _transcript(self) -> Transcript:
+        return Transcript(list(self._messages), self._ended)
+
+
+def _observation(result: ToolResult) -> str:
+    return f"Error: {result.content}" if result.is_error else result.content
+
+
+def _explain(err: ActivityError) -> str:
+    """Turn a failed activity into the message the user sees for the failed turn."""
+    cause = err.cause
+    if isinstance(cause, ActivityTimeoutError):
+        return (
+            "The model provider did not answer in time, even after retries. "
+            "Your message was not processed; please send it again later."
+        )
+    if isinstance(cause, ApplicationError):
+        return cause.message
+    return f"The turn failed: {cause or err}. Your message was not processed."
