@@ -26,10 +26,8 @@ import asyncio
 import json
 import os
 import random
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import jsonschema
 from temporalio import activity
@@ -37,10 +35,11 @@ from temporalio.exceptions import ApplicationError
 
 import llm_client
 import tools
-from llm_client import LlmSettings
+from llm_client import LlmSettings, env_number
 from workflow import Plan, PlanRequest, ToolCall, ToolResult
 
 HEARTBEAT_EVERY_S = 1.0
+MAX_TOOL_RESULT_CHARS = 8_000
 
 
 @dataclass(frozen=True)
@@ -60,10 +59,10 @@ class Faults:
         if unknown := sorted(k for k in env if k.startswith("FAULT_") and k not in known):
             raise ValueError(f"unknown fault switch {', '.join(unknown)}; known: {sorted(known)}")
         faults = cls(
-            llm_failures=_parse(env, "FAULT_LLM_FAILURES", int, 0),
-            tool_bug=_parse(env, "FAULT_TOOL_BUG", int, 0) == 1,
-            tool_delay_s=_parse(env, "FAULT_TOOL_DELAY_S", float, 0.0),
-            failure_rate=_parse(env, "FAULT_FAILURE_RATE", float, 0.0),
+            llm_failures=env_number(env, "FAULT_LLM_FAILURES", int, 0),
+            tool_bug=env_number(env, "FAULT_TOOL_BUG", int, 0) == 1,
+            tool_delay_s=env_number(env, "FAULT_TOOL_DELAY_S", float, 0.0),
+            failure_rate=env_number(env, "FAULT_FAILURE_RATE", float, 0.0),
         )
         if env.get("FAULT_TOOL_BUG", "0") not in ("0", "1"):
             raise ValueError("FAULT_TOOL_BUG must be 0 or 1")
@@ -152,9 +151,9 @@ class AgentActivities:
         """Run one tool call; expected failures become a result the model can act on."""
         await self._faults.before_tool_call()
         try:
-            return ToolResult(call.id, call.name, self._run_tool(call))
+            return ToolResult(call.id, call.name, truncated(self._run_tool(call)))
         except tools.ToolError as err:
-            return ToolResult(call.id, call.name, str(err), is_error=True)
+            return ToolResult(call.id, call.name, truncated(str(err)), is_error=True)
 
     def _run_tool(self, call: ToolCall) -> str:
         tool = self._tools.get(call.name)
@@ -175,6 +174,14 @@ class AgentActivities:
         return tool.run(**arguments)
 
 
+def truncated(text: str) -> str:
+    """Cap a tool result, with a marker, so one huge result cannot flood the context."""
+    if len(text) <= MAX_TOOL_RESULT_CHARS:
+        return text
+    hidden = len(text) - MAX_TOOL_RESULT_CHARS
+    return f"{text[:MAX_TOOL_RESULT_CHARS]}\n[truncated: {hidden} more characters not shown]"
+
+
 def _inject(what: str) -> None:
     activity.logger.warning("FAULT INJECTED: %s", what)
     raise ApplicationError(f"simulated failure: {what}", type="InjectedFault")
@@ -187,13 +194,3 @@ async def _work_with_heartbeats(seconds: float) -> None:
     while (left := deadline - loop.time()) > 0:
         activity.heartbeat()
         await asyncio.sleep(min(HEARTBEAT_EVERY_S, left))
-
-
-def _parse(env: dict[str, str], name: str, kind: Callable[[str], Any], default: Any) -> Any:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return kind(raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r} is not a valid {kind.__name__}") from None

@@ -12,9 +12,13 @@ in the deterministic workflow sandbox.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
+import itertools
 import json
 import os
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +44,12 @@ litellm.num_retries = 0
 litellm.suppress_debug_info = True
 
 
+DEFAULT_CONTEXT_TOKENS = 8_000
+"""Context budget for models LiteLLM knows no size for, the scripted model among them."""
+MAX_CONTEXT_TOKENS = 32_000
+"""Cap for any model: the context window travels in every plan request, so in the history."""
+
+
 @dataclass(frozen=True)
 class LlmSettings:
     """Which model to call and how; read once, when the worker starts."""
@@ -47,13 +57,16 @@ class LlmSettings:
     model: str = SCRIPTED_MODEL
     timeout_s: float = 60.0
     scripted_latency_s: float = 0.0
+    context_tokens: int | None = None
+    """Token budget for the messages sent; None: 3/4 of the model's input size, capped."""
 
     @classmethod
-    def from_env(cls) -> LlmSettings:
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> LlmSettings:
         return cls(
-            model=os.environ.get("LLM_MODEL") or SCRIPTED_MODEL,
-            timeout_s=float(os.environ.get("LLM_TIMEOUT_S", "60")),
-            scripted_latency_s=float(os.environ.get("SCRIPTED_LATENCY_MS", "0")) / 1000,
+            model=env.get("LLM_MODEL") or SCRIPTED_MODEL,
+            timeout_s=env_number(env, "LLM_TIMEOUT_S", float, 60.0),
+            scripted_latency_s=env_number(env, "SCRIPTED_LATENCY_MS", float, 0.0) / 1000,
+            context_tokens=env_number(env, "LLM_CONTEXT_TOKENS", int, 0) or None,
         )
 
     @property
@@ -66,26 +79,81 @@ class LlmSettings:
             return []
         return list(litellm.validate_environment(model=self.model).get("missing_keys", []))
 
+    def context_budget(self) -> int:
+        return self.context_tokens or _known_context_budget(self.model)
+
+    def count_tokens(self, message: dict[str, Any]) -> int:
+        return litellm.token_counter(model=self.model, messages=[message])
+
+
+@functools.cache
+def _known_context_budget(model: str) -> int:
+    try:
+        size = litellm.get_model_info(model).get("max_input_tokens")
+    except Exception:  # LiteLLM raises for models it has no entry for.
+        size = None
+    return min(size * 3 // 4, MAX_CONTEXT_TOKENS) if size else DEFAULT_CONTEXT_TOKENS
+
+
+def env_number(env: Mapping[str, str], name: str, kind: type[int | float], default: Any) -> Any:
+    """A number from the environment, or a ValueError that names the variable."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a valid {kind.__name__}") from None
+
 
 async def plan(
     settings: LlmSettings, conversation: list[Message], tools: list[dict[str, Any]]
 ) -> Plan:
-    """One chat completion with native tool calling, parsed into the workflow's `Plan`."""
+    """One chat completion with native tool calling, parsed into the workflow's `Plan`.
+
+    Only the newest turns that fit the context budget are sent; the plan says how many
+    of the oldest messages were left out, so the workflow can forget them too.
+    """
+    system = {"role": "system", "content": SYSTEM_PROMPT}
+    tools = [*tools, END_CHAT_SCHEMA]
+    messages = [to_provider_format(message) for message in conversation]
+    reserved = settings.count_tokens(system) + litellm.token_counter(text=json.dumps(tools))
+    dropped = oldest_turns_over_budget(
+        messages, settings.context_budget() - reserved, settings.count_tokens
+    )
     extra: dict[str, Any] = {}
     if settings.is_scripted and settings.scripted_latency_s:
         extra["extra_body"] = {"latency_s": settings.scripted_latency_s}
     response = await litellm.acompletion(
         model=settings.model,
-        messages=[
-            {"role": "system", "content": SYSTEM_PROMPT},
-            *(to_provider_format(message) for message in conversation),
-        ],
-        tools=[*tools, END_CHAT_SCHEMA],
+        messages=[system, *messages[dropped:]],
+        tools=tools,
         timeout=settings.timeout_s,
         num_retries=0,
         **extra,
     )
-    return plan_from_reply(response.choices[0].message)
+    return dataclasses.replace(
+        plan_from_reply(response.choices[0].message), context_dropped=dropped
+    )
+
+
+def oldest_turns_over_budget(
+    messages: list[dict[str, Any]], budget: int, count_tokens: Callable[[dict[str, Any]], int]
+) -> int:
+    """How many of the oldest messages to leave out so that the rest fit `budget` tokens.
+
+    Whole turns go, oldest first (a user message and everything that answered it), so a
+    tool call never loses its result and what is sent starts with a user message. The
+    latest turn always stays, whatever its size: the user's message is never dropped.
+    """
+    turn_starts = [i for i, message in enumerate(messages) if message["role"] == "user"]
+    costs = [count_tokens(message) for message in messages]
+    remaining = sum(costs)
+    for start, next_start in itertools.pairwise(turn_starts):
+        if remaining <= budget:
+            return start
+        remaining -= sum(costs[start:next_start])
+    return turn_starts[-1] if turn_starts else 0
 
 
 # Ordered: ContextWindowExceededError is a BadRequestError, so it must come first.

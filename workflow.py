@@ -14,6 +14,7 @@ result is stored there as JSON, so they stay small, typed and stable.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -29,6 +30,13 @@ MAX_MESSAGE_CHARS = 8_000
 
 MAX_MODEL_STEPS_PER_TURN = 8
 """Model calls allowed in one turn, so a model that keeps asking for tools cannot loop forever."""
+
+# A run continues as new (same workflow id, fresh history) past either threshold, or when
+# the server suggests it, whichever comes first. Temporal warns at 10 240 events or 10 MB
+# and terminates at 51 200 events or 50 MB, so a run stays far below both, and a worker
+# that takes over after a crash replays at most this much.
+CONTINUE_AS_NEW_AFTER_EVENTS = 2_000
+CONTINUE_AS_NEW_AFTER_BYTES = 2_000_000
 
 # One model call. Transient provider errors (rate limit, timeout, 5xx) are retried with
 # exponential backoff; after PLAN_GIVE_UP_AFTER of failures the turn ends with a message.
@@ -94,27 +102,43 @@ class PlanRequest:
 
 @dataclass(frozen=True)
 class Plan:
-    """The model's next step: tool calls to run, or a reply (which may end the chat)."""
+    """The model's next step: tool calls to run, or a reply (which may end the chat).
+
+    `context_dropped` counts the oldest messages of the request that did not fit the
+    model's context budget; the workflow forgets them, which keeps its state bounded.
+    """
 
     reply: str = ""
     tool_calls: list[ToolCall] = field(default_factory=list)
     end_chat: bool = False
+    context_dropped: int = 0
 
 
 @dataclass(frozen=True)
 class SessionInput:
-    """How a conversation starts."""
+    """How a conversation starts, and what one run hands the next at continue-as-new."""
 
     tools: list[str] | None = None
     max_model_steps_per_turn: int = MAX_MODEL_STEPS_PER_TURN
+    continue_as_new_after_events: int = CONTINUE_AS_NEW_AFTER_EVENTS
+    continue_as_new_after_bytes: int = CONTINUE_AS_NEW_AFTER_BYTES
+    messages: list[Message] = field(default_factory=list)
+    """The context window carried over from the previous run."""
+    earlier_messages: int = 0
+    """Messages of this conversation no longer held: past the context budget."""
 
 
 @dataclass(frozen=True)
 class Transcript:
-    """The conversation so far, as returned by the query and by the finished workflow."""
+    """The conversation as held: the newest messages, and how many came before them.
+
+    Earlier messages stay readable in the histories of earlier runs (README, "Long
+    conversations").
+    """
 
     messages: list[Message]
     ended: bool
+    earlier_messages: int = 0
 
 
 Status = Literal["idle", "working", "ended"]
@@ -139,7 +163,8 @@ class DurableAgentWorkflow:
     @workflow.init
     def __init__(self, session: SessionInput) -> None:
         self._session = session
-        self._messages: list[Message] = []
+        self._messages = list(session.messages)
+        self._earlier_messages = session.earlier_messages
         self._inbox: deque[_Inbound] = deque()
         self._outcomes: dict[int, _Outcome] = {}
         self._received = 0
@@ -150,6 +175,9 @@ class DurableAgentWorkflow:
     async def run(self, session: SessionInput) -> Transcript:
         # Messages are answered one at a time, in the order their updates were accepted.
         while not self._ended:
+            # Between turns: hand over to a fresh run before the history grows large.
+            if self._history_is_large() and await self._nothing_in_flight() and not self._ended:
+                workflow.continue_as_new(self._carry_over())
             await workflow.wait_condition(lambda: bool(self._inbox) or self._ended)
             if self._ended:
                 break
@@ -211,13 +239,18 @@ class DurableAgentWorkflow:
         turn_start = len(self._messages)
         self._messages.append(Message("user", text))
         try:
-            return _Outcome(reply=await self._agent_loop())
+            final = await self._agent_loop()
         except ActivityError as err:
             del self._messages[turn_start:]
             return _Outcome(error=_explain(err))
+        # Forget what no longer fits the model's context: the state stays bounded.
+        del self._messages[: final.context_dropped]
+        self._earlier_messages += final.context_dropped
+        return _Outcome(reply=final.reply)
 
-    async def _agent_loop(self) -> str:
+    async def _agent_loop(self) -> Plan:
         """plan -> tools -> plan -> ... -> reply: the loop the paper makes durable."""
+        plan = Plan()
         for _ in range(self._session.max_model_steps_per_turn):
             plan: Plan = await workflow.execute_activity(
                 "plan_next_action",
@@ -228,7 +261,7 @@ class DurableAgentWorkflow:
             self._messages.append(Message("assistant", plan.reply, plan.tool_calls))
             if not plan.tool_calls:
                 self._ended = self._ended or plan.end_chat
-                return plan.reply
+                return plan
             # Several tool calls from one model reply run concurrently.
             results: list[ToolResult] = await asyncio.gather(
                 *(
@@ -247,10 +280,33 @@ class DurableAgentWorkflow:
             "reaching an answer. Please rephrase or split the request."
         )
         self._messages.append(Message("assistant", reply))
-        return reply
+        return Plan(reply=reply, context_dropped=plan.context_dropped)
+
+    def _history_is_large(self) -> bool:
+        info = workflow.info()
+        return (
+            info.is_continue_as_new_suggested()
+            or info.get_current_history_length() >= self._session.continue_as_new_after_events
+            or info.get_current_history_size() >= self._session.continue_as_new_after_bytes
+        )
+
+    async def _nothing_in_flight(self) -> bool:
+        """Wait until every caller has its reply, unless a new message arrives first.
+
+        An update must be answered by the run that accepted it, so a run continues as new
+        only with an empty inbox and no handler still running. A message sent during the
+        switch is not lost: the server hands it to the new run.
+        """
+        await workflow.wait_condition(lambda: bool(self._inbox) or workflow.all_handlers_finished())
+        return not self._inbox
+
+    def _carry_over(self) -> SessionInput:
+        return dataclasses.replace(
+            self._session, messages=self._messages, earlier_messages=self._earlier_messages
+        )
 
     def _transcript(self) -> Transcript:
-        return Transcript(list(self._messages), self._ended)
+        return Transcript(list(self._messages), self._ended, self._earlier_messages)
 
 
 def _observation(result: ToolResult) -> str:
