@@ -173,6 +173,8 @@ async def chat(handle: WorkflowHandle) -> None:
         if text is None:  # End of input: leave the session running, as Ctrl-C does.
             return
         word = text.strip().lower()
+        if not word:
+            continue
         if word == "bye" or word not in END_WORDS:
             try:
                 print(f"agent> {await send(handle, text)}")
