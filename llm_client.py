@@ -11,7 +11,6 @@ in the deterministic workflow sandbox.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import functools
 import itertools
@@ -26,12 +25,10 @@ from typing import Any
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import litellm
-from litellm import CustomLLM, ModelResponse
 from temporalio.exceptions import ApplicationError
 
+from scripted_model import SCRIPTED_MODEL, ScriptedModel
 from workflow import Message, Plan, ToolCall
-
-SCRIPTED_MODEL = "scripted/agent"
 
 SYSTEM_PROMPT = (
     "You are a helpful assistant in a durable chat. Use the tools when they help: "
@@ -42,6 +39,7 @@ SYSTEM_PROMPT = (
 # Temporal owns retries: each attempt is an activity attempt, visible in the history.
 litellm.num_retries = 0
 litellm.suppress_debug_info = True
+litellm.custom_provider_map = [{"provider": "scripted", "custom_handler": ScriptedModel()}]
 
 
 DEFAULT_CONTEXT_TOKENS = 8_000
@@ -262,101 +260,3 @@ def _valid_json(text: str) -> str:
 def _redact(text: str) -> str:
     """Keep API keys out of messages that end up in the history and the logs."""
     return re.sub(r"\b(sk|key|api)[-_][A-Za-z0-9_\-*]{8,}", r"\1-[redacted]", text)
-
-
-# --- The scripted model -------------------------------------------------------------
-
-_GOODBYE = re.compile(r"\b(bye|goodbye)\b", re.IGNORECASE)
-_NOTE = re.compile(r"^\s*(?:note:|remember)\s*(?P<text>.+)$", re.IGNORECASE | re.DOTALL)
-_CITIES = re.compile(r"weather (?:in|for) ([A-Za-z][A-Za-z ,.'-]*)", re.IGNORECASE)
-_CITY_SEPARATOR = re.compile(r"\s*(?:,|\band\b)\s*")
-_ARITHMETIC = re.compile(r"[-(\d.][\d.\s()+\-*/%^]*[\d)]")
-_HAS_OPERATOR = re.compile(r"[\d)]\s*(?:\*\*|[-+*/%^])\s*[-(\d.]")
-
-
-class ScriptedModel(CustomLLM):
-    """A deterministic offline model that speaks the OpenAI tool-calling protocol.
-
-    An arithmetic question calls `calculator`, "weather in <city>" calls `weather`,
-    "note: <text>" or "remember <text>" calls `save_note`, "bye" calls `end_chat`;
-    after tool results it answers from them. Anything else gets a short reply saying
-    this is the scripted model.
-    """
-
-    async def acompletion(self, model: str, messages: list, *args: Any, **kwargs: Any) -> Any:
-        if model != SCRIPTED_MODEL.split("/", 1)[1]:
-            raise litellm.NotFoundError(
-                message=f"the scripted provider has no model '{model}'; use '{SCRIPTED_MODEL}'",
-                model=model,
-                llm_provider="scripted",
-            )
-        extra_body = (kwargs.get("optional_params") or {}).get("extra_body") or {}
-        if latency_s := extra_body.get("latency_s"):
-            await asyncio.sleep(latency_s)
-        return ModelResponse(model=SCRIPTED_MODEL, choices=[scripted_reply(messages)])
-
-    def completion(self, model: str, messages: list, *args: Any, **kwargs: Any) -> Any:
-        return ModelResponse(model=SCRIPTED_MODEL, choices=[scripted_reply(messages)])
-
-
-litellm.custom_provider_map = [{"provider": "scripted", "custom_handler": ScriptedModel()}]
-
-
-def scripted_reply(messages: list[dict[str, Any]]) -> dict[str, Any]:
-    """The scripted model's choice for a conversation in OpenAI format."""
-    last = messages[-1]
-    if last["role"] == "tool":
-        return _say(_summarise_tool_results(messages))
-    text = str(last.get("content") or "")
-    step = len(messages)
-    if note := _NOTE.match(text):
-        return _call(step, [("save_note", {"text": note["text"].strip()})])
-    if _GOODBYE.search(text):
-        return _call(step, [("end_chat", {"farewell": "Goodbye! Thanks for chatting."})])
-    if places := _CITIES.search(text):
-        cities = [c.strip(" .") for c in _CITY_SEPARATOR.split(places[1]) if c.strip(" .")]
-        return _call(step, [("weather", {"city": city}) for city in cities])
-    if sums := [e.strip() for e in _ARITHMETIC.findall(text) if _HAS_OPERATOR.search(e)]:
-        return _call(step, [("calculator", {"expression": e}) for e in sums])
-    return _say(
-        "I am the scripted offline model. I can do arithmetic ('What is 25 * 4?'), "
-        "demo weather ('weather in Paris'), notes ('note: buy milk') and 'bye'. "
-        "Set LLM_MODEL in .env to talk to a real model."
-    )
-
-
-def _say(text: str) -> dict[str, Any]:
-    return {"message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
-
-
-def _call(step: int, calls: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
-    tool_calls = [
-        {
-            "id": f"call_{step}_{index}",
-            "type": "function",
-            "function": {"name": name, "arguments": json.dumps(arguments)},
-        }
-        for index, (name, arguments) in enumerate(calls)
-    ]
-    return {
-        "message": {"role": "assistant", "content": None, "tool_calls": tool_calls},
-        "finish_reason": "tool_calls",
-    }
-
-
-def _summarise_tool_results(messages: list[dict[str, Any]]) -> str:
-    """Answer from the tool results that follow the last assistant tool request."""
-    asked = next(m for m in reversed(messages) if m["role"] == "assistant" and m.get("tool_calls"))
-    calls = {call["id"]: call["function"] for call in asked["tool_calls"]}
-    lines = []
-    for message in messages[messages.index(asked) + 1 :]:
-        function = calls.get(message.get("tool_call_id"), {"name": "?", "arguments": "{}"})
-        result = str(message["content"])
-        if result.startswith("Error:"):
-            lines.append(f"The {function['name']} tool failed. {result}")
-        elif function["name"] == "calculator":
-            expression = _json_object(function["arguments"]).get("expression", "")
-            lines.append(f"{expression} = {result}")
-        else:
-            lines.append(result)
-    return "; ".join(lines)

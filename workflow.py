@@ -39,7 +39,7 @@ CONTINUE_AS_NEW_AFTER_EVENTS = 2_000
 CONTINUE_AS_NEW_AFTER_BYTES = 2_000_000
 
 # One model call. Transient provider errors (rate limit, timeout, 5xx) are retried with
-# exponential backoff; after PLAN_GIVE_UP_AFTER of failures the turn ends with a message.
+# exponential backoff; after 10 minutes of failures the turn ends with a message.
 PLAN_OPTIONS = {
     "start_to_close_timeout": timedelta(seconds=120),
     "schedule_to_close_timeout": timedelta(minutes=10),
@@ -252,7 +252,7 @@ class DurableAgentWorkflow:
         """plan -> tools -> plan -> ... -> reply: the loop the paper makes durable."""
         plan = Plan()
         for _ in range(self._session.max_model_steps_per_turn):
-            plan: Plan = await workflow.execute_activity(
+            plan = await workflow.execute_activity(
                 "plan_next_action",
                 PlanRequest(self._messages, self._session.tools),
                 result_type=Plan,
