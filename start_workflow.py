@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import socket
 import sys
 import threading
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 from dotenv import load_dotenv
@@ -69,18 +70,32 @@ def port_is_free(port: int) -> bool:
 async def embedded_temporal(task_queue: str) -> AsyncIterator[Client]:
     """A dev server and a worker inside this process, for a one-command demo."""
     ui = port_is_free(UI_PORT)
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=temporal_binary(),
-        ui=ui,
-        ui_port=UI_PORT if ui else None,
-        dev_server_extra_args=DEV_SERVER_ARGS,
-    )
+    with _stdout_to_stderr():  # The server prints a banner; stdout is for replies only.
+        env = await WorkflowEnvironment.start_local(
+            dev_server_existing_path=temporal_binary(),
+            ui=ui,
+            ui_port=UI_PORT if ui else None,
+            dev_server_extra_args=DEV_SERVER_ARGS,
+        )
     async with env:
         where = f"Web UI at http://localhost:{UI_PORT}" if ui else "Web UI off (port in use)"
         target = env.client.service_client.config.target_host
         print(f"Embedded Temporal dev server at {target}; {where}.", file=sys.stderr)
         async with worker.build_worker(env.client, task_queue):
             yield env.client
+
+
+@contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Point file descriptor 1 at stderr while a child process starts and inherits it."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 async def open_session(client: Client, session: str, task_queue: str) -> WorkflowHandle:
