@@ -138,22 +138,28 @@ class AgentActivities:
         ]
         try:
             self._faults.before_model_call()
-            return await llm_client.plan(self._llm, request.conversation, offered)
+            plan = await llm_client.plan(self._llm, request.conversation, offered)
         except Exception as err:
             if classified := llm_client.classify_provider_error(err):
                 # "from None": the provider's own exception may quote a key; keep it out
                 # of the history, where the redacted message says all that is needed.
                 raise classified from None
             raise
+        chosen = ", ".join(call.name for call in plan.tool_calls) or "reply"
+        activity.logger.info("plan_next_action -> %s", "end_chat" if plan.end_chat else chosen)
+        return plan
 
     @activity.defn
     async def execute_tool(self, call: ToolCall) -> ToolResult:
         """Run one tool call; expected failures become a result the model can act on."""
         await self._faults.before_tool_call()
         try:
-            return ToolResult(call.id, call.name, truncated(self._run_tool(call)))
+            result = ToolResult(call.id, call.name, truncated(self._run_tool(call)))
         except tools.ToolError as err:
-            return ToolResult(call.id, call.name, truncated(str(err)), is_error=True)
+            result = ToolResult(call.id, call.name, truncated(str(err)), is_error=True)
+        outcome = "error" if result.is_error else "ok"
+        activity.logger.info("execute_tool %s -> %s", call.name, outcome)
+        return result
 
     def _run_tool(self, call: ToolCall) -> str:
         tool = self._tools.get(call.name)

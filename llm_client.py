@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import itertools
 import json
+import logging
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -39,6 +40,7 @@ SYSTEM_PROMPT = (
 # Temporal owns retries: each attempt is an activity attempt, visible in the history.
 litellm.num_retries = 0
 litellm.suppress_debug_info = True
+logging.getLogger("LiteLLM").setLevel(logging.WARNING)  # Not a line per call in the worker log.
 litellm.custom_provider_map = [{"provider": "scripted", "custom_handler": ScriptedModel()}]
 
 
