@@ -37,17 +37,37 @@ SYSTEM_PROMPT = (
     "something for the user. When the user says goodbye, call end_chat."
 )
 
+DEFAULT_CONTEXT_TOKENS = 8_000
+"""Context budget for models LiteLLM knows no size for, and the scripted model's size."""
+MAX_CONTEXT_TOKENS = 32_000
+"""Cap for any model: the context window travels in every plan request, so in the history."""
+
 # Temporal owns retries: each attempt is an activity attempt, visible in the history.
 litellm.num_retries = 0
 litellm.suppress_debug_info = True
 logging.getLogger("LiteLLM").setLevel(logging.WARNING)  # Not a line per call in the worker log.
 litellm.custom_provider_map = [{"provider": "scripted", "custom_handler": ScriptedModel()}]
-
-
-DEFAULT_CONTEXT_TOKENS = 8_000
-"""Context budget for models LiteLLM knows no size for, the scripted model among them."""
-MAX_CONTEXT_TOKENS = 32_000
-"""Cap for any model: the context window travels in every plan request, so in the history."""
+# Its model card: a context size for the budget, and a price (zero) for LiteLLM's cost
+# tracking, which otherwise searches its whole price list on every call.
+litellm.register_model(
+    {
+        SCRIPTED_MODEL: {
+            "litellm_provider": "scripted",
+            "mode": "chat",
+            "max_input_tokens": DEFAULT_CONTEXT_TOKENS,
+            "supports_function_calling": True,
+            **dict.fromkeys(
+                [
+                    "input_cost_per_token",
+                    "output_cost_per_token",
+                    "cache_creation_input_token_cost",
+                    "cache_read_input_token_cost",
+                ],
+                0.0,
+            ),
+        }
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -83,7 +103,13 @@ class LlmSettings:
         return self.context_tokens or _known_context_budget(self.model)
 
     def count_tokens(self, message: dict[str, Any]) -> int:
-        return litellm.token_counter(model=self.model, messages=[message])
+        # The same messages are counted again on every step of a conversation: cache them.
+        return _count_tokens(self.model, json.dumps(message, sort_keys=True))
+
+
+@functools.lru_cache(maxsize=8192)
+def _count_tokens(model: str, message_json: str) -> int:
+    return litellm.token_counter(model=model, messages=[json.loads(message_json)])
 
 
 @functools.cache
@@ -93,6 +119,11 @@ def _known_context_budget(model: str) -> int:
     except Exception:  # LiteLLM raises for models it has no entry for.
         size = None
     return min(size * 3 // 4, MAX_CONTEXT_TOKENS) if size else DEFAULT_CONTEXT_TOKENS
+
+
+@functools.lru_cache(maxsize=64)
+def _count_text_tokens(text: str) -> int:
+    return litellm.token_counter(text=text)
 
 
 def env_number(env: Mapping[str, str], name: str, kind: type[int | float], default: Any) -> Any:
@@ -117,7 +148,7 @@ async def plan(
     system = {"role": "system", "content": SYSTEM_PROMPT}
     tools = [*tools, END_CHAT_SCHEMA]
     messages = [to_provider_format(message) for message in conversation]
-    reserved = settings.count_tokens(system) + litellm.token_counter(text=json.dumps(tools))
+    reserved = settings.count_tokens(system) + _count_text_tokens(json.dumps(tools))
     dropped = oldest_turns_over_budget(
         messages, settings.context_budget() - reserved, settings.count_tokens
     )
