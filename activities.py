@@ -26,8 +26,10 @@ import asyncio
 import json
 import os
 import random
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import jsonschema
 from temporalio import activity
@@ -39,6 +41,7 @@ from llm_client import LlmSettings, env_number
 from workflow import Plan, PlanRequest, ToolCall, ToolResult
 
 HEARTBEAT_EVERY_S = 1.0
+T = TypeVar("T")
 MAX_TOOL_RESULT_CHARS = 8_000
 
 
@@ -99,7 +102,7 @@ class Faults:
             activity.logger.warning(
                 "FAULT INJECTED: tool works %gs first (FAULT_TOOL_DELAY_S)", self.tool_delay_s
             )
-            await _work_with_heartbeats(self.tool_delay_s)
+            await _heartbeating(asyncio.sleep(self.tool_delay_s))  # a slow tool
         if self.tool_bug:
             activity.logger.warning("FAULT INJECTED: simulated tool bug (FAULT_TOOL_BUG=1)")
             raise RuntimeError("simulated bug in execute_tool (FAULT_TOOL_BUG=1)")
@@ -138,7 +141,7 @@ class AgentActivities:
         ]
         try:
             self._faults.before_model_call()
-            plan = await llm_client.plan(self._llm, request.conversation, offered)
+            plan = await _heartbeating(llm_client.plan(self._llm, request.conversation, offered))
         except Exception as err:
             if classified := llm_client.classify_provider_error(err):
                 # "from None": the provider's own exception may quote a key; keep it out
@@ -193,10 +196,15 @@ def _inject(what: str) -> None:
     raise ApplicationError(f"simulated failure: {what}", type="InjectedFault")
 
 
-async def _work_with_heartbeats(seconds: float) -> None:
-    """Stand-in for a slow tool: heartbeats, so a dead worker is noticed within seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
-    while (left := deadline - loop.time()) > 0:
-        activity.heartbeat()
-        await asyncio.sleep(min(HEARTBEAT_EVERY_S, left))
+async def _heartbeating(work: Awaitable[T]) -> T:
+    """Await `work`, heartbeating meanwhile: if this worker dies, Temporal notices within
+    the heartbeat timeout and retries elsewhere, instead of waiting out the whole call."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=HEARTBEAT_EVERY_S)
+            if done:
+                return task.result()
+            activity.heartbeat()
+    finally:
+        task.cancel()

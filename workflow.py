@@ -39,9 +39,11 @@ CONTINUE_AS_NEW_AFTER_EVENTS = 2_000
 CONTINUE_AS_NEW_AFTER_BYTES = 2_000_000
 
 # One model call. Transient provider errors (rate limit, timeout, 5xx) are retried with
-# exponential backoff; after 10 minutes of failures the turn ends with a message.
+# exponential backoff; after 10 minutes of failures the turn ends with a message. The call
+# heartbeats, so a dead worker is noticed in 10 s rather than at the 2-minute timeout.
 PLAN_OPTIONS = {
     "start_to_close_timeout": timedelta(seconds=120),
+    "heartbeat_timeout": timedelta(seconds=10),
     "schedule_to_close_timeout": timedelta(minutes=10),
     "retry_policy": RetryPolicy(
         initial_interval=timedelta(seconds=1),
