@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
+import socket
+import subprocess
+import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
-from temporalio.api.enums.v1 import EventType
+from temporalio.api.enums.v1 import EventType, PendingActivityState
 from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
@@ -90,3 +95,137 @@ async def scheduled_activities(handle: WorkflowHandle) -> list[str]:
         for event in await history_events(handle)
         if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
     ]
+
+
+# --- Processes a test can SIGKILL: workers and a dev server, started as a user would -----
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class WorkerProcess:
+    """`uv run worker.py` in a subprocess, with fault switches from the environment."""
+
+    def __init__(self, address: str, task_queue: str, log: Path, env: dict[str, str]) -> None:
+        self.log = log
+        self._process = subprocess.Popen(
+            [
+                sys.executable,
+                str(ROOT / "worker.py"),
+                "--address",
+                address,
+                "--task-queue",
+                task_queue,
+            ],
+            env={**os.environ, **env},
+            stdout=subprocess.DEVNULL,
+            stderr=log.open("w"),
+            cwd=ROOT,
+        )
+
+    async def ready(self, timeout_s: float = 60) -> WorkerProcess:
+        await until(lambda: "Polling task queue" in self.log.read_text(), timeout_s)
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no goodbye, exactly what a crash looks like."""
+        self._process.kill()
+        self._process.wait()
+
+
+@pytest.fixture
+def spawn_worker(
+    client: Client, task_queue: str, notes_file: Path, tmp_path: Path
+) -> Iterator[Callable[..., Awaitable[WorkerProcess]]]:
+    """Start worker processes on this test's task queue; all are killed at the end."""
+    started: list[WorkerProcess] = []
+
+    async def spawn(address: str | None = None, **env: str) -> WorkerProcess:
+        log = tmp_path / f"worker-{len(started)}.log"
+        env = {"NOTES_FILE": str(notes_file), **env}
+        address = address or client.service_client.config.target_host
+        started.append(WorkerProcess(address, task_queue, log, env))
+        return await started[-1].ready()
+
+    yield spawn
+    for worker_process in started:
+        worker_process.kill()
+
+
+class DevServerProcess:
+    """`temporal server start-dev` with its state in a file, so it can die and come back."""
+
+    def __init__(self, database: Path) -> None:
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self._database = database
+        self._process: subprocess.Popen | None = None
+
+    async def start(self) -> DevServerProcess:
+        self._process = subprocess.Popen(
+            [
+                temporal_binary(),
+                "server",
+                "start-dev",
+                "--headless",
+                "--ip",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--db-filename",
+                str(self._database),
+                "--log-level",
+                "error",
+                *DEV_SERVER_ARGS,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        await until(self._accepts_connections, timeout_s=30)
+        return self
+
+    def _accepts_connections(self) -> bool:
+        with socket.socket() as probe:
+            return probe.connect_ex(("127.0.0.1", self.port)) == 0
+
+    def kill(self) -> None:
+        if self._process:
+            self._process.kill()
+            self._process.wait()
+
+
+async def until(
+    condition: Callable[[], object | Awaitable[object]], timeout_s: float = 30
+) -> object:
+    """Poll `condition` (sync or async) until it is truthy; fail the test after timeout_s."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        value = condition()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        assert loop.time() < deadline, f"gave up waiting after {timeout_s} s"
+        await asyncio.sleep(0.1)
+
+
+async def pending_attempt(handle: WorkflowHandle, activity_type: str) -> int:
+    """The attempt of a pending (running or backing off) activity of that type, else 0."""
+    description = await handle.describe()
+    pending = description.raw_description.pending_activities
+    return max((p.attempt for p in pending if p.activity_type.name == activity_type), default=0)
+
+
+async def activity_running(handle: WorkflowHandle, activity_type: str) -> bool:
+    description = await handle.describe()
+    return any(
+        p.activity_type.name == activity_type
+        and p.state == PendingActivityState.PENDING_ACTIVITY_STATE_STARTED
+        for p in description.raw_description.pending_activities
+    )

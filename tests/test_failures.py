@@ -9,10 +9,10 @@ from typing import Any
 
 import litellm
 import pytest
-from conftest import history_events, say, scheduled_activities, start_session
+from conftest import history_events, say, start_session
 from litellm import CustomLLM, ModelResponse
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.client import Client, WorkflowUpdateFailedError
 
 from activities import AgentActivities, Faults
 from llm_client import LlmSettings
@@ -97,59 +97,6 @@ async def test_permanent_provider_error_fails_the_turn_with_the_fix_and_the_chat
         transcript = await handle.query(DurableAgentWorkflow.conversation)
     # The failed turn was rolled back: the model never sees a question without an answer.
     assert [m.content for m in transcript.messages if m.role == "user"] == ["What is 25 * 4?"]
-
-
-async def test_provider_outage_is_retried_by_temporal_with_backoff(
-    client: Client, task_queue: str, notes_file: Path
-):
-    flaky = AgentActivities(LlmSettings(), notes_file, Faults(llm_failures=2))
-    async with build_worker(client, task_queue, flaky, max_cached_workflows=0):
-        handle = await start_session(client, task_queue)
-        assert await say(handle, "hello") != ""
-
-    started = [
-        e.activity_task_started_event_attributes
-        for e in await history_events(handle)
-        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED
-    ]
-    assert [s.attempt for s in started] == [3]
-    assert "InjectedFault" in started[0].last_failure.application_failure_info.type
-
-
-async def test_bug_in_a_tool_is_retried_until_a_fixed_worker_completes_the_turn(
-    client: Client, task_queue: str, notes_file: Path
-):
-    import asyncio
-
-    buggy = AgentActivities(LlmSettings(), notes_file, Faults(tool_bug=True))
-    async with build_worker(client, task_queue, buggy):
-        handle = await start_session(client, task_queue)
-        turn = asyncio.create_task(say(handle, "What is 6 * 7?"))
-        await _until(lambda: _tool_attempts(handle), lambda n: n >= 2)
-
-    async with build_worker(client, task_queue, AgentActivities(LlmSettings(), notes_file)):
-        assert await turn == "6 * 7 = 42"
-    assert await scheduled_activities(handle) == [
-        "plan_next_action",
-        "execute_tool",
-        "plan_next_action",
-    ]
-
-
-async def _tool_attempts(handle: WorkflowHandle) -> int:
-    description = await handle.describe()
-    pending = description.raw_description.pending_activities
-    return max((p.attempt for p in pending if p.activity_type.name == "execute_tool"), default=0)
-
-
-async def _until(probe, condition, timeout_s: float = 20.0) -> None:
-    import asyncio
-
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not condition(await probe()):
-        assert loop.time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.2)
 
 
 def test_fault_switches_reject_unknown_or_malformed_values():
