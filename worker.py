@@ -16,7 +16,10 @@ import asyncio
 import logging
 import os
 import signal
+import subprocess
 import sys
+import time
+from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +37,10 @@ if TYPE_CHECKING:
 DEFAULT_ADDRESS = "localhost:7233"
 DEFAULT_TASK_QUEUE = "durable-agent-queue"
 DEFAULT_NOTES_FILE = "notes.jsonl"
+# A workflow's next task goes first to the worker that ran it (which holds it in cache).
+# If that worker died, the task waits this long before any worker may take it: the SDK's
+# default of 10 s would make every conversation of a crashed worker wait 10 s.
+STICKY_TIMEOUT = timedelta(seconds=1)
 
 
 class TemporalUnreachable(Exception):
@@ -75,6 +82,7 @@ def build_worker(
         workflows=[DurableAgentWorkflow],
         activities=[activities.plan_next_action, activities.execute_tool],
         graceful_shutdown_timeout=timedelta(seconds=5),
+        sticky_queue_schedule_to_start_timeout=STICKY_TIMEOUT,
         **options,
     )
 
@@ -93,6 +101,41 @@ def configured_activities() -> AgentActivities:
     return AgentActivities(llm, notes_file, Faults.from_env())
 
 
+class WorkerProcess:
+    """This script in a child process: what the failure tests and the benchmark SIGKILL."""
+
+    READY_LINE = "Polling task queue"
+
+    def __init__(self, address: str, task_queue: str, log: Path, env: Mapping[str, str]) -> None:
+        self.task_queue = task_queue
+        self.log = log
+        self.launched_at = time.monotonic()
+        self.ready_at: float | None = None
+        self._process = subprocess.Popen(
+            [sys.executable, __file__, "--address", address, "--task-queue", task_queue],
+            env={**os.environ, **env},
+            stdout=subprocess.DEVNULL,
+            stderr=log.open("w"),
+            cwd=Path(__file__).parent,
+        )
+
+    async def ready(self, timeout_s: float = 60) -> WorkerProcess:
+        """Wait until the worker polls its task queue; raise with its log if it cannot."""
+        deadline = time.monotonic() + timeout_s
+        while self.READY_LINE not in self.log.read_text():
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"worker did not start:\n{self.log.read_text()[-2000:]}")
+            await asyncio.sleep(0.01)
+        self.ready_at = time.monotonic()
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no goodbye, exactly what a crash looks like."""
+        self._process.kill()
+        self._process.wait()
+
+
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--address", help=f"Temporal frontend (default {DEFAULT_ADDRESS})")
@@ -108,12 +151,13 @@ async def main() -> int:
         return 2
     task_queue = task_queue_name(args.task_queue)
     print(activities.describe(), file=sys.stderr)
-    print(f"Polling task queue '{task_queue}'. Ctrl-C to stop.", file=sys.stderr)
+    await activities.warm_up()
 
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         asyncio.get_running_loop().add_signal_handler(signum, stop.set)
     async with build_worker(client, task_queue, activities):
+        print(f"Polling task queue '{task_queue}'. Ctrl-C to stop.", file=sys.stderr)
         await stop.wait()
     print("Worker stopped.", file=sys.stderr)
     return 0

@@ -7,7 +7,6 @@ import inspect
 import os
 import socket
 import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -22,7 +21,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 from activities import AgentActivities
 from llm_client import LlmSettings
 from start_workflow import DEV_SERVER_ARGS, temporal_binary
-from worker import build_worker
+from worker import WorkerProcess, build_worker
 from workflow import DurableAgentWorkflow, SessionInput
 
 
@@ -106,36 +105,6 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-class WorkerProcess:
-    """`uv run worker.py` in a subprocess, with fault switches from the environment."""
-
-    def __init__(self, address: str, task_queue: str, log: Path, env: dict[str, str]) -> None:
-        self.log = log
-        self._process = subprocess.Popen(
-            [
-                sys.executable,
-                str(ROOT / "worker.py"),
-                "--address",
-                address,
-                "--task-queue",
-                task_queue,
-            ],
-            env={**os.environ, **env},
-            stdout=subprocess.DEVNULL,
-            stderr=log.open("w"),
-            cwd=ROOT,
-        )
-
-    async def ready(self, timeout_s: float = 60) -> WorkerProcess:
-        await until(lambda: "Polling task queue" in self.log.read_text(), timeout_s)
-        return self
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown, no goodbye, exactly what a crash looks like."""
-        self._process.kill()
-        self._process.wait()
 
 
 @pytest.fixture
