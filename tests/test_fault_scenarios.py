@@ -128,7 +128,11 @@ async def test_server_killed_and_restarted_the_conversation_goes_on(
 async def test_chaos_thirty_turns_with_ten_worker_kills_lose_and_repeat_nothing(
     client: Client, task_queue: str, notes_file: Path, spawn_worker: SpawnWorker
 ):
-    """Bounded: about a minute and a half. The kills land at random (seeded) moments."""
+    """Bounded: about a minute and a half. The kills land at random (seeded) moments.
+
+    The user thinks for a second between messages, as people do; otherwise a worker that
+    lives a second or two would finish the whole conversation before the tenth kill.
+    """
     chance = random.Random(2026)
     kills = 0
     worker = await spawn_worker()
@@ -136,11 +140,15 @@ async def test_chaos_thirty_turns_with_ten_worker_kills_lose_and_repeat_nothing(
     texts = [f"note: n{turn}" for turn in range(30)]
 
     async def converse() -> list[str]:
-        return [await say(handle, text) for text in texts]
+        replies = []
+        for text in texts:
+            replies.append(await say(handle, text))
+            await asyncio.sleep(1)
+        return replies
 
     conversation = asyncio.create_task(converse())
     while kills < 10 and not conversation.done():
-        await asyncio.sleep(chance.uniform(0.2, 2.0))
+        await asyncio.sleep(chance.uniform(0.2, 1.5))
         worker.kill()
         kills += 1
         worker = await spawn_worker()
