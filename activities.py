@@ -33,7 +33,7 @@ from typing import TypeVar
 
 import jsonschema
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 import llm_client
 import tools
@@ -197,8 +197,16 @@ def truncated(text: str) -> str:
 
 
 def _inject(what: str) -> None:
+    """Fail this attempt as a transient provider error would, logged on one line.
+
+    BENIGN keeps the SDK from logging each injected failure again with a stack trace.
+    """
     activity.logger.warning("FAULT INJECTED: %s", what)
-    raise ApplicationError(f"simulated failure: {what}", type="InjectedFault")
+    raise ApplicationError(
+        f"simulated failure: {what}",
+        type="InjectedFault",
+        category=ApplicationErrorCategory.BENIGN,
+    )
 
 
 async def _heartbeating(work: Awaitable[T]) -> T:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import socket
 import sys
@@ -34,6 +35,13 @@ from temporalio.client import (
 )
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import FailureError, WorkflowAlreadyStartedError
+from temporalio.runtime import (
+    LogForwardingConfig,
+    LoggingConfig,
+    Runtime,
+    TelemetryConfig,
+    TelemetryFilter,
+)
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 
@@ -237,6 +245,19 @@ async def run(args: argparse.Namespace, client: Client) -> int:
     return 0
 
 
+def quiet_sdk_core() -> None:
+    """Keep the SDK core's log off stdout, where replies go, and its retry warnings quiet.
+
+    While the server is down the core warns on every retried call; the chat already says
+    it is waiting and why. Real errors still reach stderr through Python's logging.
+    """
+    core_log = LoggingConfig(
+        filter=TelemetryFilter(core_level="ERROR", other_level="ERROR"),
+        forwarding=LogForwardingConfig(logger=logging.getLogger("temporalio.core")),
+    )
+    Runtime.set_default(Runtime(telemetry=TelemetryConfig(logging=core_log)))
+
+
 async def main() -> int:
     parser = argparse.ArgumentParser(description="Chat with the durable agent.")
     parser.add_argument("--session", help="conversation id (the workflow id)")
@@ -247,6 +268,7 @@ async def main() -> int:
     parser.add_argument("--task-queue", help=f"default {worker.DEFAULT_TASK_QUEUE}")
     args = parser.parse_args()
     load_dotenv()
+    quiet_sdk_core()
     try:
         if args.embedded:
             async with embedded_temporal(worker.task_queue_name(args.task_queue)) as client:
