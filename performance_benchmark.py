@@ -1,0 +1,588 @@
+"""Performance benchmark: reproduce the paper's Table 2, and measure what it leaves out.
+
+    uv run performance_benchmark.py                        # every section, full size
+    uv run performance_benchmark.py --quick                # every section, small: < 1 min
+    uv run performance_benchmark.py --sections table2,pacing --iterations 100
+    uv run performance_benchmark.py --json results.json    # also machine and versions
+    uv run performance_benchmark.py --address HOST:7233 --external-worker
+
+It starts its own Temporal dev servers and worker processes (`worker.py`, as a user runs
+it), drives conversations with the update the chat client sends, and times every turn at
+the client: what a user waits for. Markdown tables go to stdout, progress to stderr.
+Goals are reported as met or missed. The exit status is non-zero when a turn fails or a
+check does not hold (a wrong reply, an activity that ran twice): a goal missed on a slow
+machine is a finding, not a failure.
+
+Sections:
+  table2      the paper's Table 2: a loop with no durability against the durable loop
+  pacing      back-to-back turns against turns with think time, on two server settings
+  growth      latency and history size at turns 1, 100 and 1 000 of one conversation
+  recovery    the worker SIGKILLed after 10, 100, 1 000 turns: time to the next reply
+  throughput  turns per second with 1, 10 and 50 conversations on one worker
+  long        5 000 turns of 1 KB messages, the worker killed at turn 4 000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dotenv import load_dotenv
+
+import worker
+from benchmark_harness import (
+    SHORT_CONVERSATION_TURNS,
+    Conversation,
+    Lab,
+    Report,
+    Stats,
+    check_model_calls,
+    crash_and_recover,
+    in_memory_turns,
+    machine,
+    markdown_table,
+    one_decimal,
+    package_versions,
+    same,
+    short_conversations,
+)
+from start_workflow import DEV_SERVER_ARGS
+
+PLAIN = "Hello there, how are you?"  # one model call
+TOOL = "What is 25 * 4?"  # model -> calculator -> model
+SECTIONS = ("table2", "pacing", "growth", "recovery", "throughput", "long")
+HISTORY_WARNING_BYTES = 10 * 1024 * 1024
+HISTORY_WARNING_EVENTS = 10_240
+FILLER = "The quick brown fox jumps over the lazy dog while the agent keeps its state. "
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The sizes of a run. `--quick` shrinks them all; `--iterations` sets Table 2's n."""
+
+    iterations: int = 50
+    simulated_iterations: int = 10
+    simulated_latency_ms: int = 800
+    think_ms: int = 250
+    pacing_turns: int = 100
+    growth_turns: int = 1_000
+    recovery_kills: tuple[int, ...] = (10, 100, 1_000)
+    throughput_conversations: tuple[int, ...] = (1, 10, 50)
+    throughput_turns: int = 20
+    long_turns: int = 5_000
+    long_kill_at: int = 4_000
+    long_message_chars: int = 1_000
+
+
+QUICK = Settings(
+    iterations=8,
+    simulated_iterations=2,
+    think_ms=100,
+    pacing_turns=40,
+    growth_turns=100,
+    recovery_kills=(10,),
+    throughput_turns=3,
+    long_turns=150,
+    long_kill_at=120,
+)
+
+# --- Sections -----------------------------------------------------------------------------
+
+
+async def table2(lab: Lab, s: Settings, report: Report) -> dict[str, Any]:
+    """Per-turn latency of the loop with no durability and of the durable loop."""
+    think_s = s.think_ms / 1000
+    kinds = [("plain", PLAIN, "scripted"), ("tool", TOOL, "100")]
+    in_memory = "in-memory, scripted model"
+    stats: dict[str, dict[str, Stats]] = {in_memory: {}}
+    for kind, text, _ in kinds:
+        await in_memory_turns(2, text)  # warm-up: imports, caches
+        stats[in_memory][kind] = Stats.of(await in_memory_turns(s.iterations, text))
+
+    simulated = f"durable, scripted model + {s.simulated_latency_ms} ms simulated latency"
+    modes = [
+        ("durable, scripted model", {}, s.iterations),
+        (simulated, {"SCRIPTED_LATENCY_MS": str(s.simulated_latency_ms)}, s.simulated_iterations),
+    ]
+    notes = []
+    if real_model := os.environ.get("LLM_MODEL"):
+        modes.append((f"durable, {real_model}", {"REAL_MODEL": "1"}, s.simulated_iterations))
+    else:
+        notes.append("Durable + real model: skipped, LLM_MODEL is not set (see README).")
+    for mode, env, n in modes:
+        client, task_queue = await lab.client(), await lab.worker(**env)
+        if task_queue is None:
+            notes.append(f"{mode}: skipped, an external worker runs only its own settings.")
+            continue
+        stats[mode] = {}
+        for kind, text, expect in kinds:
+            expect = None if env.get("REAL_MODEL") else expect
+            latencies = await short_conversations(
+                report, "table2", client, task_queue, n, text, expect, think_s
+            )
+            stats[mode][kind] = Stats.of(latencies)
+        if not env:
+            conversation = await Conversation.start(report, "table2", client, task_queue)
+            rejections = []
+            for _ in range(n):
+                rejections.append(await conversation.rejection())
+                await asyncio.sleep(think_s)
+            stats[mode]["rejected"] = Stats.of([x for x in rejections if x is not None])
+
+    durable = stats.get("durable, scripted model", {})
+    overhead = {}
+    for kind, calls in (("plain", 1), ("tool", 2)):
+        if kind in durable:
+            base, total = stats[in_memory][kind].p50, durable[kind].p50
+            model_ms = calls * s.simulated_latency_ms
+            overhead[kind] = {
+                "in_memory_p50_ms": base,
+                "durable_p50_ms": total,
+                "overhead_ms": total - base,
+                "model_calls": calls,
+                "percent_of_simulated_model_time": 100 * (total - base) / model_ms,
+            }
+    report.print(
+        "## 1. Table 2: per-turn latency (ms)",
+        f"Turns paced {s.think_ms} ms apart, in fresh conversations of "
+        f"{SHORT_CONVERSATION_TURNS} turns after a warm-up turn. plain: one model call; "
+        "tool: model -> calculator -> model; rejected: an empty message, refused by the update "
+        "validator (one workflow task, no activity: the floor of any durable turn). In-memory: "
+        "the same activities and model in a plain asyncio loop, no Temporal.",
+        markdown_table(
+            ["mode", "turn", *Stats.HEADERS],
+            [[mode, kind, *st.cells()] for mode, row in stats.items() for kind, st in row.items()],
+        ),
+        "Durability overhead = durable p50 - in-memory p50:",
+        markdown_table(
+            ["turn", "in-memory", "durable", "overhead ms", "share of simulated model time"],
+            [
+                [
+                    kind,
+                    *one_decimal(o["in_memory_p50_ms"], o["durable_p50_ms"], o["overhead_ms"]),
+                    f"{o['percent_of_simulated_model_time']:.1f}% of "
+                    f"{o['model_calls']} x {s.simulated_latency_ms} ms",
+                ]
+                for kind, o in overhead.items()
+            ],
+        ),
+        *notes,
+    )
+    if "plain" in overhead:
+        extra = overhead["plain"]["overhead_ms"]
+        report.goal(
+            "durability overhead, plain turn, p50, paced",
+            "<= 10 ms",
+            f"{extra:.1f} ms",
+            extra <= 10,
+        )
+    return {
+        "think_ms": s.think_ms,
+        "modes": {
+            m: {k: dataclasses.asdict(v) for k, v in row.items()} for m, row in stats.items()
+        },
+        "overhead": overhead,
+        "notes": notes,
+    }
+
+
+async def pacing(lab: Lab, s: Settings, report: Report) -> dict[str, Any]:
+    """Back-to-back turns against turns with think time, on both server settings."""
+    servers = [
+        ("default", "dev server, no settings"),
+        ("tuned", f"dev server, {DEV_SERVER_ARGS[1]}"),
+    ]
+    paces = [("back-to-back", 0.0), (f"{s.think_ms} ms think time", s.think_ms / 1000)]
+    window = max(1, min(20, s.pacing_turns // 4))
+    rows, runs, notes = [], [], []
+    for server, server_label in servers:
+        client = await lab.client(server)
+        if client is None:
+            notes.append(f"{server_label}: skipped, this run uses a server of the user's.")
+            continue
+        task_queue = await lab.worker(server)
+        for pace, think_s in paces:
+            latencies = await short_conversations(
+                report,
+                f"pacing-{server}",
+                client,
+                task_queue,
+                s.pacing_turns,
+                PLAIN,
+                "scripted",
+                think_s,
+            )
+            first, last, whole = (
+                Stats.of(latencies[:window]),
+                Stats.of(latencies[-window:]),
+                Stats.of(latencies),
+            )
+            rows.append(
+                [server_label, pace, *one_decimal(first.p50, last.p50, whole.p50, whole.p95)]
+            )
+            runs.append(
+                {"server": server, "pace": pace, "latencies_ms": [x * 1000 for x in latencies]}
+            )
+            if server == "tuned" and not think_s:
+                report.goal(
+                    "back-to-back turns: no step (p50 of the last turns <= 1.5 x the first)",
+                    f"<= {1.5 * first.p50:.1f} ms",
+                    f"{last.p50:.1f} ms",
+                    last.p50 <= 1.5 * first.p50,
+                )
+    report.print(
+        f"## 2. Pacing: {s.pacing_turns} plain turns in a row, in conversations of "
+        f"{SHORT_CONVERSATION_TURNS} (ms)",
+        markdown_table(
+            ["server", "pace", f"p50, first {window}", f"p50, last {window}", "p50", "p95"], rows
+        ),
+        *notes,
+    )
+    return {"turns": s.pacing_turns, "window": window, "runs": runs, "notes": notes}
+
+
+async def growth(lab: Lab, s: Settings, report: Report) -> dict[str, Any]:
+    """Latency and history size as one conversation grows."""
+    conversation = await Conversation.start(
+        report, "growth", await lab.client(), await lab.worker()
+    )
+    latencies: list[float] = []
+    samples = []
+    for turn in [t for t in (1, 10, 100, 1_000, 10_000) if t <= s.growth_turns]:
+        latencies += await conversation.turns_of(turn - conversation.turns, same(PLAIN), "scripted")
+        events, size = await conversation.history()
+        samples.append(
+            {
+                "turn": turn,
+                "p50_ms": Stats.of(latencies[-10:]).p50,
+                "run_events": events,
+                "run_bytes": size,
+                "runs": len(await conversation.runs()),
+            }
+        )
+    report.print(
+        "## 3. Growth: one conversation of plain turns, back to back",
+        "Latency: the p50 of the 10 turns up to that one (turn 1: that turn alone). History: "
+        "the current run's, which continue-as-new keeps bounded.",
+        markdown_table(
+            ["turn", "p50 ms", "events in run", "bytes in run", "runs so far"],
+            [
+                [x["turn"], f"{x['p50_ms']:.1f}", x["run_events"], x["run_bytes"], x["runs"]]
+                for x in samples
+            ],
+        ),
+    )
+    return {"samples": samples}
+
+
+def kills_workers(report: Report, lab: Lab, title: str) -> bool:
+    if not lab.spawns_workers:
+        report.print(title, "Skipped: it kills workers, and this run uses an external one.")
+    return lab.spawns_workers
+
+
+async def recovery(lab: Lab, s: Settings, report: Report) -> dict[str, Any]:
+    """How long a conversation waits when its worker is SIGKILLed between turns."""
+    title = "## 4. Recovery: the worker SIGKILLed between turns, a new one started"
+    if not kills_workers(report, lab, title):
+        return {"skipped": "external worker"}
+    task_queue = await lab.worker()
+    assert task_queue is not None
+    conversation = await Conversation.start(report, "recovery", await lab.client(), task_queue)
+    kills = []
+    for kill_at in s.recovery_kills:
+        await conversation.turns_of(kill_at - conversation.turns, same(PLAIN), "scripted")
+        kills.append(await crash_and_recover(lab, conversation, task_queue, PLAIN))
+    calls = check_model_calls(lab, report, conversation)
+    report.print(
+        title,
+        "The next message is sent right after the kill. A new worker process first imports "
+        "its modules (LiteLLM takes most of that) and warms up, then polls; from then on it "
+        "replays the conversation's current run and answers.",
+        markdown_table(
+            [
+                "killed after turn",
+                "events replayed",
+                "start -> polling (s)",
+                "polling -> reply (s)",
+                "kill -> reply (s)",
+            ],
+            [
+                [
+                    k["after_turn"],
+                    k["replayed_events"],
+                    f"{k['process_start_to_polling_s']:.2f}",
+                    f"{k['polling_to_reply_s']:.3f}",
+                    f"{k['kill_to_reply_s']:.2f}",
+                ]
+                for k in kills
+            ],
+        ),
+        f"Model calls run by the workers for this conversation: {calls} for {conversation.turns} "
+        f"turns ({'each exactly once' if calls == conversation.turns else 'MISMATCH'}).",
+    )
+    last = kills[-1]
+    report.goal(
+        f"recovery after a kill at turn {last['after_turn']}: new worker polling -> reply",
+        "<= 1 s",
+        f"{last['polling_to_reply_s']:.3f} s",
+        last["polling_to_reply_s"] <= 1,
+    )
+    return {"kills": kills, "plan_next_action_runs": calls, "turns": conversation.turns}
+
+
+async def throughput(lab: Lab, s: Settings, report: Report) -> dict[str, Any]:
+    """Turns per second that one worker carries, with conversations running side by side."""
+    client, task_queue = await lab.client(), await lab.worker()
+    results = []
+    for count in s.throughput_conversations:
+        conversations = await asyncio.gather(
+            *(
+                Conversation.start(report, f"throughput-{count}", client, task_queue)
+                for _ in range(count)
+            )
+        )
+        started = time.perf_counter()
+        per_conversation = await asyncio.gather(
+            *(c.turns_of(s.throughput_turns, same(PLAIN), "scripted") for c in conversations)
+        )
+        elapsed = time.perf_counter() - started
+        stats = Stats.of([x for turns in per_conversation for x in turns])
+        results.append(
+            {
+                "conversations": count,
+                "turns": stats.n,
+                "seconds": elapsed,
+                "turns_per_s": stats.n / elapsed,
+                "p50_ms": stats.p50,
+                "p95_ms": stats.p95,
+            }
+        )
+    report.print(
+        f"## 5. Throughput: one worker, {s.throughput_turns} back-to-back turns per conversation",
+        markdown_table(
+            ["conversations", "turns", "turns/s", "p50 ms", "p95 ms"],
+            [
+                [
+                    r["conversations"],
+                    r["turns"],
+                    *one_decimal(r["turns_per_s"], r["p50_ms"], r["p95_ms"]),
+                ]
+                for r in results
+            ],
+        ),
+    )
+    busiest = results[-1]
+    report.goal(
+        f"throughput with {busiest['conversations']} conversations on one worker",
+        ">= 100 turns/s",
+        f"{busiest['turns_per_s']:.1f} turns/s",
+        busiest["turns_per_s"] >= 100,
+    )
+    return {"turns_per_conversation": s.throughput_turns, "results": results}
+
+
+async def long(lab: Lab, s: Settings, report: Report) -> dict[str, Any]:
+    """Issue 5's acceptance run: thousands of 1 KB messages, one worker kill, bounded runs."""
+    title = (
+        f"## 6. Long conversation: {s.long_turns} turns, {s.long_message_chars}-character messages"
+    )
+    if not kills_workers(report, lab, title):
+        return {"skipped": "external worker"}
+    filler = FILLER * (s.long_message_chars // len(FILLER) + 1)
+
+    def message(turn: int) -> str:
+        head = f"Turn {turn}. "
+        return head + filler[: s.long_message_chars - len(head)]
+
+    task_queue = await lab.worker()
+    assert task_queue is not None
+    conversation = await Conversation.start(report, "long", await lab.client(), task_queue)
+    latencies = await conversation.turns_of(s.long_kill_at, message, "scripted")
+    kill = await crash_and_recover(lab, conversation, task_queue, message(s.long_kill_at + 1))
+    latencies += await conversation.turns_of(s.long_turns - conversation.turns, message, "scripted")
+    calls = check_model_calls(lab, report, conversation)
+    runs = await conversation.runs()
+    window = min(100, s.long_turns // 10)
+    first, last = Stats.of(latencies[:window]), Stats.of(latencies[-window:])
+    largest_bytes = max(size for _, size in runs)
+    largest_events = max(events for events, _ in runs)
+    report.print(
+        title,
+        markdown_table(
+            [
+                "turns",
+                "runs",
+                "largest run",
+                f"p50 first {window}",
+                f"p50 last {window}",
+                f"kill at {kill['after_turn']}: polling -> reply",
+            ],
+            [
+                [
+                    conversation.turns,
+                    len(runs),
+                    f"{largest_bytes / 1e6:.2f} MB, {largest_events} events",
+                    f"{first.p50:.1f} ms",
+                    f"{last.p50:.1f} ms",
+                    f"{kill['polling_to_reply_s']:.3f} s",
+                ]
+            ],
+        ),
+    )
+    report.goal(
+        "long conversation: largest run history",
+        "< 10 MB and < 10 240 events",
+        f"{largest_bytes / 1e6:.2f} MB, {largest_events} events",
+        largest_bytes < HISTORY_WARNING_BYTES and largest_events < HISTORY_WARNING_EVENTS,
+    )
+    report.goal(
+        f"long conversation: p50 of the last {window} turns vs the first {window}",
+        "<= 1.5x",
+        f"{last.p50 / first.p50:.2f}x",
+        last.p50 <= 1.5 * first.p50,
+    )
+    report.goal(
+        f"long conversation: recovery after a kill at turn {kill['after_turn']}",
+        "< 2 s",
+        f"{kill['polling_to_reply_s']:.3f} s",
+        kill["polling_to_reply_s"] < 2,
+    )
+    return {
+        "turns": conversation.turns,
+        "message_chars": s.long_message_chars,
+        "runs": len(runs),
+        "largest_run_bytes": largest_bytes,
+        "largest_run_events": largest_events,
+        f"first_{window}_p50_ms": first.p50,
+        f"last_{window}_p50_ms": last.p50,
+        "recovery": kill,
+        "plan_next_action_runs": calls,
+    }
+
+
+def workers_needed(sections: Sequence[str], s: Settings) -> list[tuple[str, dict[str, str]]]:
+    """(server, worker settings) of the shared workers that these sections use."""
+    needed = [("tuned", {})]
+    if "table2" in sections:
+        needed.append(("tuned", {"SCRIPTED_LATENCY_MS": str(s.simulated_latency_ms)}))
+    if "pacing" in sections:
+        needed.append(("default", {}))
+    return needed
+
+
+SECTION_RUNNERS: dict[str, Callable[[Lab, Settings, Report], Awaitable[dict[str, Any]]]] = {
+    "table2": table2,
+    "pacing": pacing,
+    "growth": growth,
+    "recovery": recovery,
+    "throughput": throughput,
+    "long": long,
+}
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Reproduce the paper's Table 2 and measure what it leaves out.",
+        epilog="Sections: " + ", ".join(SECTIONS),
+    )
+    parser.add_argument("--quick", action="store_true", help="small sizes: under a minute")
+    parser.add_argument("--iterations", type=int, help="turns per mode in Table 2")
+    parser.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated")
+    parser.add_argument("--json", type=Path, default=Path("benchmark-results.json"), help="output")
+    parser.add_argument("--address", help="a Temporal server of yours (default: start dev servers)")
+    parser.add_argument(
+        "--external-worker",
+        action="store_true",
+        help="start no worker: use the one on --task-queue (sections that kill workers skip)",
+    )
+    parser.add_argument(
+        "--task-queue", help=f"with --external-worker (default {worker.DEFAULT_TASK_QUEUE})"
+    )
+    args = parser.parse_args(argv)
+    args.sections = [name.strip() for name in args.sections.split(",") if name.strip()]
+    if unknown := [name for name in args.sections if name not in SECTIONS]:
+        parser.error(f"unknown section {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
+    if args.iterations is not None and args.iterations < 1:
+        parser.error("--iterations must be at least 1")
+    return args
+
+
+async def run(args: argparse.Namespace) -> int:
+    settings = QUICK if args.quick else Settings()
+    if args.iterations:
+        settings = dataclasses.replace(settings, iterations=args.iterations)
+    address = args.address or os.environ.get("TEMPORAL_ADDRESS")
+    external_task_queue = worker.task_queue_name(args.task_queue) if args.external_worker else None
+    report = Report()
+    sections: dict[str, Any] = {}
+    results: dict[str, Any] = {
+        "command": " ".join(["uv run performance_benchmark.py", *sys.argv[1:]]),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": machine(),
+        "packages": package_versions(),
+        "settings": dataclasses.asdict(settings),
+        "sections": sections,
+    }
+    report.print(
+        "# Durable Agent Loop benchmark",
+        f"`{results['command']}` on {results['machine']['cores']} cores, "
+        f"{results['machine']['platform']}, Python {results['machine']['python']}.",
+    )
+    with tempfile.TemporaryDirectory(prefix="benchmark-") as workdir:
+        lab = Lab(Path(workdir), address, external_task_queue)
+        try:
+            print("Starting dev servers and workers...", file=sys.stderr, flush=True)
+            await lab.start_workers(workers_needed(args.sections, settings))
+            for name in args.sections:
+                print(f"Running {name}...", file=sys.stderr, flush=True)
+                started = time.perf_counter()
+                section = await SECTION_RUNNERS[name](lab, settings, report)
+                sections[name] = {**section, "seconds": round(time.perf_counter() - started, 1)}
+            results["server"] = {
+                "address": address or "dev servers started by the benchmark",
+                "version": await lab.server_version(),
+                "dev_server_args": DEV_SERVER_ARGS,
+            }
+        finally:
+            await lab.close()
+
+    report.print(
+        "## Goals",
+        markdown_table(
+            ["goal", "target", "measured", "met"],
+            [[g.name, g.target, g.measured, "yes" if g.met else "NO"] for g in report.goals],
+        ),
+    )
+    results["goals"] = [dataclasses.asdict(goal) for goal in report.goals]
+    results["failures"] = report.failures
+    args.json.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"Results written to {args.json}.", file=sys.stderr)
+    for failure in report.failures:
+        print(f"FAILED: {failure}", file=sys.stderr)
+    return 1 if report.failures else 0
+
+
+def main() -> int:
+    args = parse_args()
+    load_dotenv()
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    try:
+        return asyncio.run(run(args))
+    except (worker.TemporalUnreachable, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    worker.exit_process(main())

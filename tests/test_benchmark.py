@@ -1,0 +1,52 @@
+"""The benchmark, run small, so that it cannot silently break."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from benchmark_harness import Stats
+from performance_benchmark import SECTIONS
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_quick_benchmark_runs_every_section_and_writes_its_numbers(tmp_path: Path):
+    results_file = tmp_path / "results.json"
+    # No real model and no server of the user's, whatever .env says.
+    env = {**os.environ, "LLM_MODEL": "", "TEMPORAL_ADDRESS": ""}
+    command = ["performance_benchmark.py", "--quick", "--iterations", "3", "--json", results_file]
+    run = subprocess.run(
+        [sys.executable, *command],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads(results_file.read_text())
+    assert results["failures"] == []
+    assert list(results["sections"]) == list(SECTIONS)
+    table2 = results["sections"]["table2"]["modes"]
+    assert table2["durable, scripted model"]["plain"]["n"] == 3
+    assert table2["durable, scripted model"]["tool"]["n"] == 3
+    assert table2["in-memory, scripted model"]["plain"]["p50"] > 0
+    recovery = results["sections"]["recovery"]
+    assert recovery["plan_next_action_runs"] == recovery["turns"]
+    assert results["sections"]["long"]["runs"] > 1  # it did continue as new
+    assert {goal["name"] for goal in results["goals"]}
+    assert "## 1. Table 2" in run.stdout and "## Goals" in run.stdout
+
+
+def test_latency_summary_in_milliseconds():
+    stats = Stats.of([0.010, 0.020, 0.030, 0.040, 0.100])
+
+    assert (stats.n, stats.min, stats.max) == (5, 10.0, 100.0)
+    assert stats.p50 == 30.0
+    assert round(stats.p95, 1) == 88.0  # interpolated between 40 and 100
+    assert round(stats.mean, 1) == 40.0
