@@ -199,6 +199,9 @@ class Lab:
         self.processes.append(process)
         return process
 
+    def newest_worker(self, task_queue: str) -> worker.WorkerProcess:
+        return next(p for p in reversed(self.processes) if p.task_queue == task_queue)
+
     def model_calls(self, workflow_id: str) -> int:
         """How many times workers ran plan_next_action for a session: one log line each."""
         session = f"'workflow_id': '{workflow_id}'"
@@ -329,9 +332,8 @@ async def crash_and_recover(
     The new worker replaces the dead one in the lab, so later sections keep a worker.
     """
     events, size = await conversation.history()
-    dead = next(p for p in reversed(lab.processes) if p.task_queue == task_queue)
     killed_at = time.monotonic()
-    dead.kill()
+    lab.newest_worker(task_queue).kill()
     reply = asyncio.ensure_future(conversation.turn(text, "scripted"))
     fresh = await (await lab.spawn_worker(task_queue)).ready()
     if await reply is None:
@@ -345,6 +347,28 @@ async def crash_and_recover(
         "process_start_to_polling_s": fresh.ready_at - fresh.launched_at,
         "polling_to_reply_s": replied_at - fresh.ready_at,
         "kill_to_reply_s": replied_at - killed_at,
+    }
+
+
+async def crash_beside_standby(
+    conversation: Conversation, victim: worker.WorkerProcess, text: str
+) -> dict[str, Any]:
+    """SIGKILL `victim` while another worker polls the same task queue: time the reply.
+
+    The conversation's next task waits for the dead worker for the sticky timeout, then
+    goes to the standby, which replays the history: no process start in the way.
+    """
+    events, size = await conversation.history()
+    killed_at = time.monotonic()
+    victim.kill()
+    if await conversation.turn(text, "scripted") is None:
+        raise RuntimeError(f"{conversation.label}: no reply after the worker was killed")
+    return {
+        "after_turn": conversation.turns - 1,
+        "replayed_events": events,
+        "replayed_bytes": size,
+        "standby_worker": True,
+        "kill_to_reply_s": time.monotonic() - killed_at,
     }
 
 

@@ -49,8 +49,9 @@ import worker
 from workflow import DurableAgentWorkflow, SessionInput, Transcript
 
 UI_PORT = 8233
-# The dev server polls its task queues at most 20 times a second per shard by default,
-# which adds up to 50 ms to a busy conversation's turns; see README, "Performance".
+# The history service reads its transfer queue (which hands each workflow task that
+# follows an activity to matching) at most 20 times a second per shard by default, and
+# the dev server has one shard: back-to-back turns slow to ~50 ms. See README, Performance.
 DEV_SERVER_ARGS = ["--dynamic-config-value", "history.transferProcessorMaxPollRPS=1000"]
 WAITING_NOTICE_AFTER_S = 5.0
 RETRY_EVERY_S = 2.0
