@@ -86,15 +86,15 @@ class Settings:
 
 
 QUICK = Settings(
-    iterations=8,
-    simulated_iterations=2,
+    iterations=6,
+    simulated_iterations=1,
     think_ms=100,
-    pacing_turns=40,
+    pacing_turns=30,
     growth_turns=100,
     recovery_kills=(10,),
     throughput_turns=3,
-    long_turns=150,
-    long_kill_at=120,
+    long_turns=120,
+    long_kill_at=100,
 )
 
 # --- Sections -----------------------------------------------------------------------------
