@@ -225,9 +225,10 @@ class Lab:
 class Conversation:
     """One session, driven turn by turn; every turn is timed at the client."""
 
-    def __init__(self, report: Report, label: str, handle: WorkflowHandle) -> None:
+    def __init__(self, report: Report, label: str, client: Client, handle: WorkflowHandle):
         self.report = report
         self.label = label
+        self.client = client
         self.handle = handle
         self.turns = 0
 
@@ -242,7 +243,7 @@ class Conversation:
             id=f"bench-{label}-{uuid.uuid4().hex[:8]}",
             task_queue=task_queue,
         )
-        return cls(report, label, handle)
+        return cls(report, label, client, handle)
 
     async def turn(self, text: str, expect: str | None = None) -> float | None:
         """Send one message; the latency in seconds, or None (and a failure) if it failed."""
@@ -289,10 +290,9 @@ class Conversation:
 
     async def runs(self) -> list[tuple[int, int]]:
         """(events, bytes) of every run of this session: one per continue-as-new, plus one."""
-        client = self.handle._client  # the handle keeps the client it was made with
         return [
             (run.history_length, run.raw_info.history_size_bytes)
-            async for run in client.list_workflows(f"WorkflowId = '{self.handle.id}'")
+            async for run in self.client.list_workflows(f"WorkflowId = '{self.handle.id}'")
         ]
 
 
@@ -324,51 +324,35 @@ async def short_conversations(
     return latencies
 
 
-async def crash_and_recover(
-    lab: Lab, conversation: Conversation, task_queue: str, text: str
+async def crash(
+    lab: Lab, conversation: Conversation, victim: worker.WorkerProcess, text: str, restart: bool
 ) -> dict[str, Any]:
-    """SIGKILL the task queue's worker, send `text`, start a new worker: time the reply.
+    """SIGKILL `victim`, send `text` right away, and time the reply.
 
-    The new worker replaces the dead one in the lab, so later sections keep a worker.
-    """
-    events, size = await conversation.history()
-    killed_at = time.monotonic()
-    lab.newest_worker(task_queue).kill()
-    reply = asyncio.ensure_future(conversation.turn(text, "scripted"))
-    fresh = await (await lab.spawn_worker(task_queue)).ready()
-    if await reply is None:
-        raise RuntimeError(f"{conversation.label}: no reply after the worker was killed")
-    replied_at = time.monotonic()
-    assert fresh.ready_at is not None
-    return {
-        "after_turn": conversation.turns - 1,
-        "replayed_events": events,
-        "replayed_bytes": size,
-        "process_start_to_polling_s": fresh.ready_at - fresh.launched_at,
-        "polling_to_reply_s": replied_at - fresh.ready_at,
-        "kill_to_reply_s": replied_at - killed_at,
-    }
-
-
-async def crash_beside_standby(
-    conversation: Conversation, victim: worker.WorkerProcess, text: str
-) -> dict[str, Any]:
-    """SIGKILL `victim` while another worker polls the same task queue: time the reply.
-
-    The conversation's next task waits for the dead worker for the sticky timeout, then
-    goes to the standby, which replays the history: no process start in the way.
+    restart: start a new worker process, which replaces the dead one in the lab (later
+    sections keep a worker). Otherwise a standby worker already polls the task queue: the
+    conversation's next task waits the sticky timeout for the dead worker, then goes to
+    the standby, which replays the history.
     """
     events, size = await conversation.history()
     killed_at = time.monotonic()
     victim.kill()
-    if await conversation.turn(text, "scripted") is None:
+    reply = asyncio.ensure_future(conversation.turn(text, "scripted"))
+    fresh = await (await lab.spawn_worker(victim.task_queue)).ready() if restart else None
+    if await reply is None:
         raise RuntimeError(f"{conversation.label}: no reply after the worker was killed")
+    replied_at = time.monotonic()
+    timings: dict[str, Any] = {"kill_to_reply_s": replied_at - killed_at}
+    if fresh and fresh.ready_at is not None:
+        timings["process_start_to_polling_s"] = fresh.ready_at - fresh.launched_at
+        timings["polling_to_reply_s"] = replied_at - fresh.ready_at
+    else:
+        timings["standby_worker"] = True
     return {
         "after_turn": conversation.turns - 1,
         "replayed_events": events,
         "replayed_bytes": size,
-        "standby_worker": True,
-        "kill_to_reply_s": time.monotonic() - killed_at,
+        **timings,
     }
 
 

@@ -47,8 +47,7 @@ from benchmark_harness import (
     Report,
     Stats,
     check_model_calls,
-    crash_and_recover,
-    crash_beside_standby,
+    crash,
     in_memory_turns,
     machine,
     markdown_table,
@@ -314,11 +313,12 @@ async def recovery(lab: Lab, s: Settings, report: Report) -> dict[str, Any]:
     kills = []
     for kill_at in s.recovery_kills:
         await conversation.turns_of(kill_at - conversation.turns, same(PLAIN), "scripted")
-        kills.append(await crash_and_recover(lab, conversation, task_queue, PLAIN))
+        victim = lab.newest_worker(task_queue)
+        kills.append(await crash(lab, conversation, victim, PLAIN, restart=True))
     victim = lab.newest_worker(task_queue)  # it holds the conversation in its cache
     await (await lab.spawn_worker(task_queue)).ready()
     await conversation.turns_of(1, same(PLAIN), "scripted")
-    kills.append(await crash_beside_standby(conversation, victim, PLAIN))
+    kills.append(await crash(lab, conversation, victim, PLAIN, restart=False))
     calls = check_model_calls(lab, report, conversation)
     report.print(
         title,
@@ -417,7 +417,8 @@ async def long(lab: Lab, s: Settings, report: Report) -> dict[str, Any]:
     assert task_queue is not None
     conversation = await Conversation.start(report, "long", await lab.client(), task_queue)
     latencies = await conversation.turns_of(s.long_kill_at, message, "scripted")
-    kill = await crash_and_recover(lab, conversation, task_queue, message(s.long_kill_at + 1))
+    victim = lab.newest_worker(task_queue)
+    kill = await crash(lab, conversation, victim, message(s.long_kill_at + 1), restart=True)
     latencies += await conversation.turns_of(s.long_turns - conversation.turns, message, "scripted")
     calls = check_model_calls(lab, report, conversation)
     runs = await conversation.runs()

