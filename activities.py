@@ -23,6 +23,7 @@ Failure classification, in one place:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import random
@@ -115,18 +116,25 @@ class Faults:
 class AgentActivities:
     """The two activities, sharing the settings read once when the worker starts."""
 
-    def __init__(self, llm: LlmSettings, notes_file: Path, faults: Faults | None = None) -> None:
+    def __init__(
+        self,
+        llm: LlmSettings,
+        notes_file: Path,
+        faults: Faults | None = None,
+        approvals: tools.ApprovalPolicy | None = None,
+    ) -> None:
         self._llm = llm
         self._faults = faults or Faults()
         self._notes_file = notes_file
         self._tools = tools.registry(notes_file)
+        self._approvals = approvals or tools.ApprovalPolicy.declared(self._tools)
 
     def describe(self) -> str:
         """What this worker will do, for its start banner."""
         model = self._llm.model
         if self._llm.is_scripted:
             model += " (the offline scripted model; set LLM_MODEL in .env for a real one)"
-        lines = [f"Model: {model}", f"Notes file: {self._notes_file}"]
+        lines = [f"Model: {model}", f"Notes file: {self._notes_file}", self._approvals.describe()]
         switches = self._faults.describe()
         lines += [f"Fault switch on: {line}" for line in switches] or ["Fault switches: none"]
         return "\n".join(lines)
@@ -155,7 +163,15 @@ class AgentActivities:
             raise
         chosen = ", ".join(call.name for call in plan.tool_calls) or "reply"
         activity.logger.info("plan_next_action -> %s", "end_chat" if plan.end_chat else chosen)
-        return plan
+        return dataclasses.replace(plan, tool_calls=[self._stamped(c) for c in plan.tool_calls])
+
+    def _stamped(self, call: ToolCall) -> ToolCall:
+        """The call with this worker's approval policy on it, recorded in the history."""
+        if call.name not in self._approvals.tools:
+            return call
+        return dataclasses.replace(
+            call, needs_approval=True, approval_timeout_s=self._approvals.timeout_s
+        )
 
     @activity.defn
     async def execute_tool(self, call: ToolCall) -> ToolResult:

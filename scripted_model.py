@@ -103,6 +103,8 @@ def _summarise_tool_results(messages: list[dict[str, Any]]) -> str:
         result = str(message["content"])
         if result.startswith("Error:"):
             lines.append(f"The {function['name']} tool failed. {result}")
+        elif result.startswith("Not run:"):  # Denied, or no decision in time.
+            lines.append(f"I did not run {function['name']}. {result}")
         elif function["name"] == "calculator":
             # Its own calls: the arguments are the JSON it wrote (or "{}", see llm_client).
             expression = json.loads(function["arguments"]).get("expression", "")

@@ -6,6 +6,9 @@ only caller: a tool runs inside an activity, never in the workflow.
 
 A tool raises `ToolError` for a failure the model should see and can correct (a bad
 expression, an empty city). Anything else it raises is a bug, and Temporal retries it.
+
+A tool with side effects declares `needs_approval`: the workflow then waits for a person
+to approve each call before it runs. The worker's `ApprovalPolicy` may override the set.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import json
 import math
 import operator
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +46,8 @@ class Tool:
     description: str
     parameters: dict[str, Any]
     run: Callable[..., str]
+    needs_approval: bool = False
+    """Its calls wait for a person's decision, unless the worker's policy says otherwise."""
 
     def schema(self) -> dict[str, Any]:
         return {
@@ -75,9 +80,57 @@ def registry(notes_file: Path) -> dict[str, Tool]:
             "Save a note for the user in their notes file.",
             _object({"text": {"type": "string", "minLength": 1, "maxLength": MAX_NOTE_CHARS}}),
             NoteBook(notes_file).save,
+            needs_approval=True,  # It writes to the user's file: a person says yes first.
         ),
     ]
     return {tool.name: tool for tool in tools}
+
+
+@dataclass(frozen=True)
+class ApprovalPolicy:
+    """Which tools' calls wait for a person, and for how long: the worker's decision.
+
+    `plan_next_action` stamps it on every tool call it returns, so the decision is in the
+    history and a replay never depends on how a worker is configured today.
+    """
+
+    tools: frozenset[str]
+    timeout_s: float | None = None
+    """How long a call waits for its decision; None: as long as it takes."""
+
+    @classmethod
+    def declared(cls, tools: Mapping[str, Tool]) -> ApprovalPolicy:
+        """Each tool's own `needs_approval`, no expiry."""
+        return cls(frozenset(name for name, tool in tools.items() if tool.needs_approval))
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], tools: Mapping[str, Tool]) -> ApprovalPolicy:
+        """APPROVAL_REQUIRED_TOOLS (comma-separated; empty: none; unset: each tool's own
+        declaration) and APPROVAL_TIMEOUT_S; ValueError naming the variable if malformed."""
+        names = env.get("APPROVAL_REQUIRED_TOOLS")
+        gated = cls.declared(tools).tools
+        if names is not None:
+            gated = frozenset(name.strip() for name in names.split(",") if name.strip())
+        if unknown := sorted(gated - tools.keys()):
+            raise ValueError(
+                f"APPROVAL_REQUIRED_TOOLS names unknown tools: {', '.join(unknown)}; "
+                f"the tools are {', '.join(tools)}"
+            )
+        timeout = env.get("APPROVAL_TIMEOUT_S", "").strip()
+        try:
+            timeout_s = float(timeout) if timeout else None
+        except ValueError:
+            raise ValueError(f"APPROVAL_TIMEOUT_S={timeout!r} is not a number") from None
+        if timeout_s is not None and not timeout_s > 0:
+            raise ValueError("APPROVAL_TIMEOUT_S must be a positive number of seconds")
+        return cls(gated, timeout_s)
+
+    def describe(self) -> str:
+        """One line for the worker's start banner."""
+        if not self.tools:
+            return "Approval: no tool waits for a person"
+        waits = f"up to {self.timeout_s:g} s" if self.timeout_s else "without a time limit"
+        return f"Approval: {', '.join(sorted(self.tools))} wait for a person, {waits}"
 
 
 def _object(properties: dict[str, Any]) -> dict[str, Any]:

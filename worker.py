@@ -3,8 +3,8 @@
 Start as many as you like on one task queue; Temporal spreads the work between them,
 and when one dies another picks its tasks up. Everything configurable is read here,
 once, at start: connection (the SDK's environment configuration: TEMPORAL_ADDRESS,
-TEMPORAL_NAMESPACE, TEMPORAL_API_KEY, TLS, profiles), task queue, model, notes file
-and fault switches.
+TEMPORAL_NAMESPACE, TEMPORAL_API_KEY, TLS, profiles), task queue, model, notes file,
+which tools wait for approval, and fault switches.
 
     uv run worker.py [--address HOST:PORT] [--task-queue NAME]
 """
@@ -93,12 +93,14 @@ def configured_activities() -> AgentActivities:
     # imports this module only to connect.
     from activities import AgentActivities, Faults
     from llm_client import LlmSettings
+    from tools import ApprovalPolicy, registry
 
     llm = LlmSettings.from_env()
     if missing := llm.missing_keys():
         raise ValueError(f"LLM_MODEL={llm.model} needs {', '.join(missing)}: add it to .env")
     notes_file = Path(os.environ.get("NOTES_FILE") or DEFAULT_NOTES_FILE)
-    return AgentActivities(llm, notes_file, Faults.from_env())
+    approvals = ApprovalPolicy.from_env(os.environ, registry(notes_file))
+    return AgentActivities(llm, notes_file, Faults.from_env(), approvals)
 
 
 class WorkerProcess:

@@ -67,11 +67,18 @@ TOOL_OPTIONS = {
 
 @dataclass(frozen=True)
 class ToolCall:
-    """A tool the model asked for. `arguments` is the model's raw JSON text, valid or not."""
+    """A tool the model asked for. `arguments` is the model's raw JSON text, valid or not.
+
+    `needs_approval` and `approval_timeout_s` are the worker's approval policy, stamped on
+    the call by `plan_next_action` so that the history, not today's worker, decides.
+    """
 
     id: str
     name: str
     arguments: str
+    needs_approval: bool = False
+    approval_timeout_s: float | None = None
+    """How long the call waits for a person's decision; None: as long as it takes."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +89,31 @@ class ToolResult:
     name: str
     content: str
     is_error: bool = False
+
+
+@dataclass(frozen=True)
+class ToolDecision:
+    """Input of the `decide_tool_call` update: a person's yes or no for one waiting call."""
+
+    call_id: str
+    approved: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class PendingApproval:
+    """A tool call that waits for a decision, as the `pending_approvals` query shows it.
+
+    `turn_update_id` is the id of the `send_message` update whose turn waits, so a client
+    that decides later can wait for that turn's reply. Times are ISO 8601, UTC.
+    """
+
+    call_id: str
+    tool: str
+    arguments: str
+    requested_at: str
+    turn_update_id: str
+    expires_at: str | None = None
 
 
 @dataclass(frozen=True)
@@ -143,13 +175,14 @@ class Transcript:
     earlier_messages: int = 0
 
 
-Status = Literal["idle", "working", "ended"]
+Status = Literal["idle", "working", "awaiting_approval", "ended"]
 
 
 @dataclass(frozen=True)
 class _Inbound:
     number: int
     text: str
+    update_id: str
 
 
 @dataclass(frozen=True)
@@ -172,6 +205,9 @@ class DurableAgentWorkflow:
         self._received = 0
         self._working = False
         self._ended = False
+        self._turn_update_id = ""
+        self._pending: dict[str, PendingApproval] = {}
+        self._decisions: dict[str, ToolDecision] = {}
 
     @workflow.run
     async def run(self, session: SessionInput) -> Transcript:
@@ -184,7 +220,7 @@ class DurableAgentWorkflow:
             if self._ended:
                 break
             message = self._inbox.popleft()
-            self._working = True
+            self._working, self._turn_update_id = True, message.update_id
             self._outcomes[message.number] = await self._answer(message.text)
             self._working = False
         for message in self._inbox:
@@ -201,7 +237,8 @@ class DurableAgentWorkflow:
         """Queue a user message and return the agent's reply to it."""
         self._received += 1
         number = self._received
-        self._inbox.append(_Inbound(number, text))
+        update = workflow.current_update_info()
+        self._inbox.append(_Inbound(number, text, update.id if update else ""))
         await workflow.wait_condition(lambda: number in self._outcomes)
         outcome = self._outcomes.pop(number)
         if outcome.error:
@@ -221,9 +258,35 @@ class DurableAgentWorkflow:
                 f"The message has {len(text)} characters; the limit is {MAX_MESSAGE_CHARS}."
             )
 
+    @workflow.update
+    def decide_tool_call(self, decision: ToolDecision) -> str:
+        """Approve or deny a tool call that waits; the turn then carries on by itself."""
+        if decision.call_id not in self._pending:
+            # Accepted, but the call expired or the chat ended in the same moment.
+            raise ApplicationError(
+                f"Tool call {decision.call_id} no longer waits for a decision.",
+                type="NotPending",
+                non_retryable=True,
+            )
+        self._decisions[decision.call_id] = decision
+        return "approved" if decision.approved else "denied"
+
+    @decide_tool_call.validator
+    def _validate_decision(self, decision: ToolDecision) -> None:
+        if decision.call_id in self._decisions:
+            raise ValueError(f"Tool call {decision.call_id} has already been decided.")
+        if decision.call_id not in self._pending:
+            waiting = ", ".join(self._pending) or "none"
+            raise ValueError(
+                f"No tool call {decision.call_id} waits for approval (waiting: {waiting})."
+            )
+
     @workflow.signal
     def end_chat(self) -> None:
-        """End the conversation once the turn in progress (if any) has been answered."""
+        """End the conversation once the turn in progress (if any) has been answered.
+
+        Tool calls that wait for approval are denied ("chat ended"); the model answers.
+        """
         self._ended = True
 
     @workflow.query
@@ -234,7 +297,14 @@ class DurableAgentWorkflow:
     def status(self) -> Status:
         if self._ended:
             return "ended"
+        if self._pending:
+            return "awaiting_approval"
         return "working" if self._working or self._inbox else "idle"
+
+    @workflow.query
+    def pending_approvals(self) -> list[PendingApproval]:
+        """Tool calls waiting for a decision, oldest first: what a client shows to decide."""
+        return list(self._pending.values())
 
     async def _answer(self, text: str) -> _Outcome:
         """Run one turn; if it fails, undo it so the model never sees half a turn."""
@@ -264,14 +334,10 @@ class DurableAgentWorkflow:
             if not plan.tool_calls:
                 self._ended = self._ended or plan.end_chat
                 return plan
-            # Several tool calls from one model reply run concurrently.
+            # Several tool calls from one model reply run concurrently; a call that
+            # waits for approval holds up none of the others.
             results: list[ToolResult] = await asyncio.gather(
-                *(
-                    workflow.execute_activity(
-                        "execute_tool", call, result_type=ToolResult, **TOOL_OPTIONS
-                    )
-                    for call in plan.tool_calls
-                )
+                *(self._run_tool(call) for call in plan.tool_calls)
             )
             self._messages.extend(
                 Message("tool", _observation(result), tool_call_id=result.call_id)
@@ -283,6 +349,43 @@ class DurableAgentWorkflow:
         )
         self._messages.append(Message("assistant", reply))
         return Plan(reply=reply, context_dropped=plan.context_dropped)
+
+    async def _run_tool(self, call: ToolCall) -> ToolResult:
+        """Run one tool call, after a person approves it if the worker's policy says so."""
+        if call.needs_approval and (refusal := await self._approval(call)):
+            return refusal
+        return await workflow.execute_activity(
+            "execute_tool", call, result_type=ToolResult, **TOOL_OPTIONS
+        )
+
+    async def _approval(self, call: ToolCall) -> ToolResult | None:
+        """Wait, durably, for a decision on `call`: None if approved, else what the model
+        sees instead of a tool result. The wait is a condition (and, with an expiry, a
+        timer) in the history: it costs nothing and survives crashes and restarts."""
+        now, timeout_s = workflow.now(), call.approval_timeout_s
+        expires_at = now + timedelta(seconds=timeout_s) if timeout_s else None
+        self._pending[call.id] = PendingApproval(
+            call.id,
+            call.name,
+            call.arguments,
+            now.isoformat(),
+            self._turn_update_id,
+            expires_at.isoformat() if expires_at else None,
+        )
+        try:
+            await workflow.wait_condition(
+                lambda: call.id in self._decisions or self._ended, timeout=timeout_s
+            )
+        except asyncio.TimeoutError:
+            why = f"no decision within {timeout_s:g} s"
+            self._decisions[call.id] = ToolDecision(call.id, False, why)  # Late ones: refused.
+            return _not_run(call, why)
+        finally:
+            del self._pending[call.id]
+        decision = self._decisions.setdefault(call.id, ToolDecision(call.id, False, "chat ended"))
+        if decision.approved:
+            return None
+        return _not_run(call, f"the user denied it ({decision.reason or 'no reason given'})")
 
     def _history_is_large(self) -> bool:
         info = workflow.info()
@@ -296,7 +399,8 @@ class DurableAgentWorkflow:
         """Wait until every caller has its reply, unless a new message arrives first.
 
         An update must be answered by the run that accepted it, so a run continues as new
-        only with an empty inbox and no handler still running. A message sent during the
+        only with an empty inbox and no handler still running. No tool call waits for
+        approval then either: calls wait only inside a turn. A message sent during the
         switch is not lost: the server hands it to the new run.
         """
         await workflow.wait_condition(lambda: bool(self._inbox) or workflow.all_handlers_finished())
@@ -309,6 +413,12 @@ class DurableAgentWorkflow:
 
     def _transcript(self) -> Transcript:
         return Transcript(list(self._messages), self._ended, self._earlier_messages)
+
+
+def _not_run(call: ToolCall, why: str) -> ToolResult:
+    """The result the model sees for a call that was denied or expired: not an error of
+    the turn, just a fact it can answer from."""
+    return ToolResult(call.id, call.name, f"Not run: {why}.")
 
 
 def _observation(result: ToolResult) -> str:

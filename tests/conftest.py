@@ -22,7 +22,7 @@ from activities import AgentActivities
 from llm_client import LlmSettings
 from start_workflow import DEV_SERVER_ARGS, start_dev_server, temporal_binary
 from worker import WorkerProcess, build_worker
-from workflow import DurableAgentWorkflow, SessionInput
+from workflow import DurableAgentWorkflow, PendingApproval, SessionInput, ToolDecision
 
 
 @pytest.fixture(scope="session")
@@ -79,6 +79,22 @@ async def start_session(
 
 async def say(handle: WorkflowHandle, text: str) -> str:
     return await handle.execute_update(DurableAgentWorkflow.send_message, text)
+
+
+async def approvals_waiting(handle: WorkflowHandle, count: int = 1) -> list[PendingApproval]:
+    """Wait until `count` tool calls of the session wait for a decision; return them."""
+
+    async def waiting() -> list[PendingApproval]:
+        pending = await handle.query(DurableAgentWorkflow.pending_approvals)
+        return pending if len(pending) >= count else []
+
+    return await until(waiting)  # type: ignore[return-value]
+
+
+async def decide(handle: WorkflowHandle, call_id: str, approved: bool, reason: str = "") -> str:
+    return await handle.execute_update(
+        DurableAgentWorkflow.decide_tool_call, ToolDecision(call_id, approved, reason)
+    )
 
 
 async def history_events(handle: WorkflowHandle) -> list:

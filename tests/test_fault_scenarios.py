@@ -33,13 +33,13 @@ SpawnWorker = Callable[..., Awaitable[WorkerProcess]]
 async def test_worker_killed_mid_tool_resumes_without_repeating_the_plan(
     client: Client, task_queue: str, notes_file: Path, spawn_worker: SpawnWorker
 ):
-    slow = await spawn_worker(FAULT_TOOL_DELAY_S="60")
+    slow = await spawn_worker(FAULT_TOOL_DELAY_S="60", APPROVAL_REQUIRED_TOOLS="")
     handle = await start_session(client, task_queue)
     turn = asyncio.create_task(say(handle, "note: water the plants"))
     await until(lambda: activity_running(handle, "execute_tool"))
 
     slow.kill()
-    await spawn_worker()
+    await spawn_worker(APPROVAL_REQUIRED_TOOLS="")
 
     assert await turn == "Saved your note: water the plants"
     assert await scheduled_activities(handle) == [
@@ -135,7 +135,8 @@ async def test_chaos_thirty_turns_with_ten_worker_kills_lose_and_repeat_nothing(
     """
     chance = random.Random(2026)
     kills = 0
-    worker = await spawn_worker()
+    trusted = {"APPROVAL_REQUIRED_TOOLS": ""}  # notes save at once: the kills are the point
+    worker = await spawn_worker(**trusted)
     handle = await start_session(client, task_queue)
     texts = [f"note: n{turn}" for turn in range(30)]
 
@@ -151,7 +152,7 @@ async def test_chaos_thirty_turns_with_ten_worker_kills_lose_and_repeat_nothing(
         await asyncio.sleep(chance.uniform(0.2, 1.5))
         worker.kill()
         kills += 1
-        worker = await spawn_worker()
+        worker = await spawn_worker(**trusted)
     replies = await asyncio.wait_for(conversation, 120)
 
     notes = [json.loads(line)["text"] for line in notes_file.read_text().splitlines()]

@@ -14,6 +14,7 @@ from temporalio.worker import Replayer
 
 from activities import MAX_TOOL_RESULT_CHARS, AgentActivities, truncated
 from llm_client import LlmSettings, oldest_turns_over_budget
+from tools import ApprovalPolicy
 from worker import build_worker
 from workflow import DurableAgentWorkflow, SessionInput
 
@@ -110,7 +111,10 @@ async def test_long_conversation_continues_as_new_and_loses_no_message(
 async def test_every_message_is_answered_exactly_once_across_runs(
     client: Client, task_queue: str, notes_file: Path
 ):
-    activities = AgentActivities(LlmSettings(context_tokens=300), notes_file)
+    no_approvals = ApprovalPolicy(frozenset())  # Notes save at once, as with a trusted user.
+    activities = AgentActivities(
+        LlmSettings(context_tokens=300), notes_file, approvals=no_approvals
+    )
     async with build_worker(client, task_queue, activities):
         handle = await start_session(
             client, task_queue, SessionInput(continue_as_new_after_events=40)

@@ -7,10 +7,11 @@ with `uv run temporal workflow show --workflow-id ID --output json > tests/histo
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
-from conftest import say
+from conftest import approvals_waiting, decide, say
 from temporalio.client import WorkflowHandle, WorkflowHistory
 from temporalio.worker import Replayer
 
@@ -28,7 +29,11 @@ async def test_recorded_history_replays_with_the_current_workflow_code(path: Pat
 async def test_fresh_conversation_with_every_kind_of_turn_replays(session: WorkflowHandle):
     await say(session, "What is 2 + 2 and 3 * 3?")
     await say(session, "hello")
-    await say(session, "note: replay me")
+    for text, approved in [("note: replay me", True), ("note: not me", False)]:
+        turn = asyncio.create_task(say(session, text))
+        [waiting] = await approvals_waiting(session)
+        await decide(session, waiting.call_id, approved)
+        await turn
     await say(session, "bye")
     await session.result()
 
