@@ -3,6 +3,7 @@
     uv run start_workflow.py                      # interactive chat, new session
     uv run start_workflow.py --session ID         # attach to (or start) session ID
     uv run start_workflow.py --message "Hi" ...   # send, print each reply, exit 0
+    uv run start_workflow.py --session ID --approve [CALL_ID]   # or --deny [CALL_ID]
     uv run start_workflow.py --session ID --end   # end a session, print its transcript
     uv run start_workflow.py --embedded ...       # with its own dev server and worker
 
@@ -10,6 +11,10 @@ The client holds no state of its own: the conversation lives in the workflow, so
 client can crash, or be stopped with Ctrl-C, and `--session ID` picks up where it was.
 Each message carries an update id, so resending it after a lost connection never makes
 the agent answer it twice.
+
+A tool call that needs approval waits in the workflow, not here: the interactive chat
+asks `approve? [y/N]`; with `--message` the client says what waits and how to decide it,
+and exits with code 3 (EXIT_AWAITING_APPROVAL) while the turn keeps waiting in Temporal.
 """
 
 from __future__ import annotations
@@ -21,15 +26,18 @@ import os
 import socket
 import sys
 import threading
+import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from datetime import timedelta
 from pathlib import Path
 
 from dotenv import load_dotenv
 from temporalio.client import (
     Client,
     WorkflowHandle,
+    WorkflowQueryFailedError,
     WorkflowUpdateFailedError,
     WorkflowUpdateRPCTimeoutOrCancelledError,
 )
@@ -46,7 +54,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 
 import worker
-from workflow import DurableAgentWorkflow, SessionInput, Transcript
+from workflow import DurableAgentWorkflow, PendingApproval, SessionInput, ToolDecision, Transcript
 
 UI_PORT = 8233
 # The history service reads its transfer queue (which hands each workflow task that
@@ -55,11 +63,23 @@ UI_PORT = 8233
 DEV_SERVER_ARGS = ["--dynamic-config-value", "history.transferProcessorMaxPollRPS=1000"]
 WAITING_NOTICE_AFTER_S = 5.0
 RETRY_EVERY_S = 2.0
+APPROVAL_CHECK_EVERY_S = 0.5
 END_WORDS = {"quit", "exit", "bye"}
+EXIT_AWAITING_APPROVAL = 3
+"""`--message` and `--approve`/`--deny`: a turn waits for a person's decision."""
 
 
 class ChatError(Exception):
     """A failure the user should read, not a traceback."""
+
+
+class AwaitingApproval(Exception):
+    """A turn waits for a decision that this process will not give: exit with code 3."""
+
+
+Approver = Callable[[WorkflowHandle, list[PendingApproval], asyncio.Future[str]], Awaitable[None]]
+"""What to do with tool calls of a turn that newly wait for a decision, given the future
+of that turn's reply (which may come first: a call expired, or was decided elsewhere)."""
 
 
 def temporal_binary() -> str:
@@ -131,21 +151,47 @@ async def open_session(client: Client, session: str, task_queue: str) -> Workflo
         ) from None
 
 
-async def send(handle: WorkflowHandle, text: str) -> str:
+async def send(handle: WorkflowHandle, text: str, approver: Approver) -> str:
     """Send one message and wait for its reply, however long the system is down."""
     update_id = str(uuid.uuid4())
+
+    def request() -> Awaitable[str]:
+        return handle.execute_update(DurableAgentWorkflow.send_message, text, id=update_id)
+
+    return await await_reply(handle, update_id, request, approver)
+
+
+async def await_reply(
+    handle: WorkflowHandle,
+    update_id: str,
+    request: Callable[[], Awaitable[str]],
+    approver: Approver,
+) -> str:
+    """Wait for the reply of the turn `update_id`, resending `request` while Temporal is
+    unreachable, and handing each of its tool calls that waits for approval to `approver`."""
+    asked: set[str] = set()
+    started = time.monotonic()
     while True:
-        attempt = asyncio.ensure_future(
-            handle.execute_update(DurableAgentWorkflow.send_message, text, id=update_id)
-        )
+        attempt = asyncio.ensure_future(request())
         try:
-            done, _ = await asyncio.wait({attempt}, timeout=WAITING_NOTICE_AFTER_S)
-            if not done:
-                print(
-                    "(still waiting for the reply; if no worker is running, start one with "
-                    "`uv run worker.py`. Ctrl-C leaves the conversation safe.)",
-                    file=sys.stderr,
-                )
+            noticed = False
+            while not attempt.done():
+                await asyncio.wait({attempt}, timeout=APPROVAL_CHECK_EVERY_S)
+                if attempt.done():
+                    break
+                if not noticed and time.monotonic() - started > WAITING_NOTICE_AFTER_S:
+                    noticed = True
+                    print(
+                        "(still waiting for the reply; if no worker is running, start one "
+                        "with `uv run worker.py`. Ctrl-C leaves the conversation safe.)",
+                        file=sys.stderr,
+                    )
+                waiting = [
+                    p for p in await _waiting_calls(handle, update_id) if p.call_id not in asked
+                ]
+                if waiting:
+                    asked.update(p.call_id for p in waiting)
+                    await approver(handle, waiting, attempt)
             return await attempt
         except WorkflowUpdateFailedError as err:
             cause = err.cause
@@ -161,6 +207,130 @@ async def send(handle: WorkflowHandle, text: str) -> str:
                 file=sys.stderr,
             )
             await asyncio.sleep(RETRY_EVERY_S)
+        finally:
+            # Stop waiting (the update itself lives on in Temporal); the SDK turns the
+            # cancellation into an error nobody needs to read.
+            attempt.cancel()
+            attempt.add_done_callback(lambda done: done.cancelled() or done.exception())
+
+
+async def _waiting_calls(
+    handle: WorkflowHandle, update_id: str | None = None
+) -> list[PendingApproval]:
+    """Calls (of the turn `update_id`, if given) that wait for a decision; none if nobody
+    can answer now (a query needs a running worker: the reply's own wait reports that)."""
+    try:
+        pending = await handle.query(
+            DurableAgentWorkflow.pending_approvals, rpc_timeout=timedelta(seconds=1)
+        )
+    except (RPCError, WorkflowQueryFailedError):
+        return []
+    return [p for p in pending if update_id in (None, p.turn_update_id)]
+
+
+async def decide(
+    handle: WorkflowHandle, call: PendingApproval, approved: bool, reason: str
+) -> None:
+    """Send one decision; a refusal (decided elsewhere, expired) is said, not raised."""
+    try:
+        await handle.execute_update(
+            DurableAgentWorkflow.decide_tool_call, ToolDecision(call.call_id, approved, reason)
+        )
+    except WorkflowUpdateFailedError as err:
+        cause = err.cause
+        print(
+            f"error: {cause.message if isinstance(cause, FailureError) else err}", file=sys.stderr
+        )
+        return
+    verdict = "Approved" if approved else "Denied"
+    print(f"{verdict}: {_describe(call)}", file=sys.stderr)
+
+
+def _describe(call: PendingApproval) -> str:
+    return f"{call.tool} {call.arguments} (call {call.call_id})"
+
+
+def asking_on(lines: asyncio.Queue[str | None]) -> Approver:
+    """Ask the person at the terminal about each waiting call, one after the other."""
+
+    async def ask(
+        handle: WorkflowHandle, waiting: list[PendingApproval], reply: asyncio.Future[str]
+    ) -> None:
+        for call in waiting:
+            print(f"agent wants to run {call.tool} {call.arguments}")
+            print("approve? [y/N] ", end="", flush=True)
+            line = asyncio.ensure_future(lines.get())
+            await asyncio.wait({line, reply}, return_when=asyncio.FIRST_COMPLETED)
+            if not line.done():  # The turn ended first: the call expired or was decided.
+                line.cancel()
+                print()
+                return
+            if line.result() is None:  # End of input: the call keeps waiting.
+                raise AwaitingApproval
+            answer = line.result().strip()
+            approved = answer.lower() in ("y", "yes")
+            reason = "" if approved else answer[1:].strip() if answer[:1] in "nN" else answer
+            await decide(handle, call, approved, reason)
+
+    return ask
+
+
+async def report_and_stop(
+    handle: WorkflowHandle, waiting: list[PendingApproval], reply: asyncio.Future[str]
+) -> None:
+    """For scripts: say what waits and the exact commands that decide it, then stop."""
+    for call in waiting:
+        print(
+            f"Waiting for approval: {_describe(call)}.\n"
+            f"  approve: uv run start_workflow.py --session {handle.id} --approve {call.call_id}\n"
+            f"  deny:    uv run start_workflow.py --session {handle.id} --deny {call.call_id} "
+            '--reason "..."',
+            file=sys.stderr,
+        )
+    print(
+        "The turn keeps waiting in Temporal; the reply comes once it is decided.", file=sys.stderr
+    )
+    raise AwaitingApproval
+
+
+async def nobody_to_ask(
+    handle: WorkflowHandle, waiting: list[PendingApproval], reply: asyncio.Future[str]
+) -> None:
+    """--embedded with no terminal: the server dies with this process, and the turn too."""
+    for call in waiting:
+        print(f"Waiting for approval: {_describe(call)}.", file=sys.stderr)
+    print(
+        "This embedded server stops when this command exits, so the call cannot be approved "
+        "later. Chat interactively (`uv run start_workflow.py --embedded`, no --message) to "
+        "be asked, or run a server and a worker (README, three terminals) and decide with "
+        "--approve or --deny.",
+        file=sys.stderr,
+    )
+    raise AwaitingApproval
+
+
+async def decide_waiting(
+    handle: WorkflowHandle, call_id: str | None, approved: bool, reason: str
+) -> list[str]:
+    """--approve/--deny: decide one waiting call, or every one; return their turns' ids."""
+    try:
+        pending = await handle.query(DurableAgentWorkflow.pending_approvals)
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            raise ChatError(f"There is no session {handle.id}.") from None
+        raise
+    chosen = [p for p in pending if call_id in (None, p.call_id)]
+    if not chosen:
+        waiting = ", ".join(p.call_id for p in pending) or "none"
+        raise ChatError(f"No tool call {call_id or ''} waits in session {handle.id} ({waiting}).")
+    for call in chosen:
+        await decide(handle, call, approved, reason)
+    return list(dict.fromkeys(call.turn_update_id for call in chosen))
+
+
+async def reply_of(handle: WorkflowHandle, turn_id: str, approver: Approver) -> str:
+    """The reply to a message another client sent (its turn's update id)."""
+    return await await_reply(handle, turn_id, handle.get_update_handle(turn_id).result, approver)
 
 
 _RETRYABLE_RPC = {
@@ -193,10 +363,24 @@ def print_transcript(transcript: Transcript) -> None:
             print(f"{'you' if message.role == 'user' else 'agent'}> {message.content}")
 
 
-async def chat(handle: WorkflowHandle) -> None:
+async def chat(handle: WorkflowHandle, lines: asyncio.Queue[str | None]) -> None:
     """The interactive loop; quit, exit or bye end the chat and print the transcript."""
     print(f"Session {handle.id}. Type a message; quit, exit or bye end the chat.", file=sys.stderr)
-    lines = _stdin_lines()
+    ask = asking_on(lines)
+    try:
+        # A turn left waiting for approval (by a script that exited 3, say) comes first.
+        for turn_id in dict.fromkeys(p.turn_update_id for p in await _waiting_calls(handle)):
+            print(f"agent> {await reply_of(handle, turn_id, ask)}")
+        await _converse(handle, lines, ask)
+    except AwaitingApproval:
+        print(
+            "(The call keeps waiting; decide it later with --approve or --deny.)", file=sys.stderr
+        )
+
+
+async def _converse(
+    handle: WorkflowHandle, lines: asyncio.Queue[str | None], ask: Approver
+) -> None:
     while True:
         print("you> ", end="", flush=True)
         text = await lines.get()
@@ -207,7 +391,7 @@ async def chat(handle: WorkflowHandle) -> None:
             continue
         if word == "bye" or word not in END_WORDS:
             try:
-                print(f"agent> {await send(handle, text)}")
+                print(f"agent> {await send(handle, text, ask)}")
             except ChatError as err:
                 print(f"error: {err}", file=sys.stderr)
         if word in END_WORDS:
@@ -232,18 +416,39 @@ def _stdin_lines() -> asyncio.Queue[str | None]:
 async def run(args: argparse.Namespace, client: Client) -> int:
     task_queue = worker.task_queue_name(args.task_queue)
     session = args.session or f"chat-{uuid.uuid4().hex[:8]}"
+    deciding = args.approve is not None or args.deny is not None
     if args.end:
         handle = client.get_workflow_handle_for(DurableAgentWorkflow.run, session)
         print_transcript(await end_session(handle))
         return 0
-    handle = await open_session(client, session, task_queue)
-    if not args.message:
-        await chat(handle)
+    if not args.message and not deciding:
+        await chat(await open_session(client, session, task_queue), _stdin_lines())
         return 0
+    if deciding:
+        handle = client.get_workflow_handle_for(DurableAgentWorkflow.run, session)
+    else:
+        handle = await open_session(client, session, task_queue)
     print(f"Session {session} (continue it with --session {session})", file=sys.stderr)
-    for text in args.message:
-        print(await send(handle, text), flush=True)
+    approver = script_approver(args.embedded)
+    try:
+        if deciding:
+            approved = args.approve is not None
+            call_id = (args.approve if approved else args.deny) or None
+            for turn_id in await decide_waiting(handle, call_id, approved, args.reason):
+                print(await reply_of(handle, turn_id, approver), flush=True)
+        for text in args.message or []:
+            print(await send(handle, text, approver), flush=True)
+    except AwaitingApproval:
+        return EXIT_AWAITING_APPROVAL
     return 0
+
+
+def script_approver(embedded: bool) -> Approver:
+    """Without the interactive chat, a waiting call is reported and the script stops; an
+    embedded server dies with this process, so there the terminal is asked, if any."""
+    if not embedded:
+        return report_and_stop
+    return asking_on(_stdin_lines()) if sys.stdin.isatty() else nobody_to_ask
 
 
 def quiet_sdk_core() -> None:
@@ -264,10 +469,20 @@ async def main() -> int:
     parser.add_argument("--session", help="conversation id (the workflow id)")
     parser.add_argument("--message", action="append", help="send this message (repeatable)")
     parser.add_argument("--end", action="store_true", help="end the session")
+    decision = parser.add_mutually_exclusive_group()
+    decision.add_argument(
+        "--approve", nargs="?", const="", metavar="CALL_ID", help="approve waiting tool calls"
+    )
+    decision.add_argument(
+        "--deny", nargs="?", const="", metavar="CALL_ID", help="deny waiting tool calls"
+    )
+    parser.add_argument("--reason", default="", help="why, with --deny")
     parser.add_argument("--embedded", action="store_true", help="run a dev server and worker")
     parser.add_argument("--address", help=f"Temporal frontend (default {worker.DEFAULT_ADDRESS})")
     parser.add_argument("--task-queue", help=f"default {worker.DEFAULT_TASK_QUEUE}")
     args = parser.parse_args()
+    if (args.approve is not None or args.deny is not None) and not args.session:
+        parser.error("--approve and --deny need --session ID")
     load_dotenv()
     quiet_sdk_core()
     try:

@@ -363,6 +363,7 @@ class DurableAgentWorkflow:
         sees instead of a tool result. The wait is a condition (and, with an expiry, a
         timer) in the history: it costs nothing and survives crashes and restarts."""
         now, timeout_s = workflow.now(), call.approval_timeout_s
+        self._decisions.pop(call.id, None)  # Models may reuse a call id in a later turn.
         expires_at = now + timedelta(seconds=timeout_s) if timeout_s else None
         self._pending[call.id] = PendingApproval(
             call.id,

@@ -9,7 +9,9 @@ from pathlib import Path
 
 from temporalio.client import Client
 
+from start_workflow import EXIT_AWAITING_APPROVAL
 from tools import demo_weather
+from workflow import DurableAgentWorkflow
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,14 +51,53 @@ async def test_message_flags_print_one_reply_per_line_and_the_session_continues(
         "--message",
         "What is the weather in Oslo?",
     )
-    again = await chat(*where, "--session", f"cli-{task_queue}", "--message", "note: call Ann")
+    again = await chat(*where, "--session", f"cli-{task_queue}", "--message", "hello")
     ended = await chat(*where, "--session", f"cli-{task_queue}", "--end")
 
     assert first.returncode == 0, first.stderr
     assert first.stdout.splitlines() == ["25 * 4 = 100", demo_weather("Oslo")]
-    assert again.stdout.splitlines() == ["Saved your note: call Ann"]
+    assert "scripted offline model" in again.stdout
     assert ended.returncode == 0
-    assert "you> note: call Ann" in ended.stdout and "agent> 25 * 4 = 100" in ended.stdout
+    assert "you> hello" in ended.stdout and "agent> 25 * 4 = 100" in ended.stdout
+
+
+async def test_a_script_stops_with_code_3_at_a_waiting_call_and_approve_prints_the_reply(
+    client: Client, task_queue: str, worker: object, notes_file: Path
+):
+    where = ["--address", client.service_client.config.target_host, "--task-queue", task_queue]
+    session = ["--session", f"cli-{task_queue}"]
+
+    waiting = await chat(*where, *session, "--message", "note: call Ann")
+    approved = await chat(*where, *session, "--approve")
+
+    assert waiting.returncode == EXIT_AWAITING_APPROVAL, waiting.stderr
+    assert waiting.stdout == ""
+    assert 'Waiting for approval: save_note {"text": "call Ann"}' in waiting.stderr
+    command = f"uv run start_workflow.py --session cli-{task_queue} --approve call_"
+    assert command in waiting.stderr
+    assert approved.returncode == 0, approved.stderr
+    assert approved.stdout == "Saved your note: call Ann\n"
+    assert "Approved: save_note" in approved.stderr
+    assert len(notes_file.read_text().splitlines()) == 1
+
+
+async def test_deny_by_call_id_with_a_reason_prints_the_models_answer(
+    client: Client, task_queue: str, worker: object, notes_file: Path
+):
+    where = ["--address", client.service_client.config.target_host, "--task-queue", task_queue]
+    session = ["--session", f"cli-{task_queue}"]
+    await chat(*where, *session, "--message", "note: call Bob")
+    handle = client.get_workflow_handle(f"cli-{task_queue}")
+    [call] = await handle.query(DurableAgentWorkflow.pending_approvals)
+
+    denied = await chat(*where, *session, "--deny", call.call_id, "--reason", "Bob moved")
+    again = await chat(*where, *session, "--deny", call.call_id)
+
+    assert denied.returncode == 0, denied.stderr
+    assert denied.stdout == "I did not run save_note. Not run: the user denied it (Bob moved).\n"
+    assert again.returncode == 1
+    assert f"No tool call {call.call_id} waits in session" in again.stderr
+    assert not notes_file.exists()
 
 
 async def test_rejected_message_exits_non_zero_with_the_reason(
@@ -85,3 +126,11 @@ async def test_embedded_mode_answers_with_no_server_running(tmp_path: Path):
 
     assert result.returncode == 0, result.stderr
     assert result.stdout == "25 * 4 = 100\n"  # stdout carries replies only
+
+
+async def test_embedded_script_says_a_waiting_call_cannot_be_approved_after_it_exits():
+    result = await chat("--embedded", "--message", "note: lost", timeout=120)
+
+    assert result.returncode == EXIT_AWAITING_APPROVAL
+    assert "cannot be approved later" in result.stderr
+    assert "Traceback" not in result.stderr

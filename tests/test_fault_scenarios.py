@@ -111,7 +111,8 @@ async def test_server_killed_and_restarted_the_conversation_goes_on(
 
         server.kill()
         # The client keeps trying while the server is down, with the same update id.
-        reply = asyncio.create_task(start_workflow.send(handle, "What is 2 + 2?"))
+        turn = start_workflow.send(handle, "What is 2 + 2?", start_workflow.report_and_stop)
+        reply = asyncio.create_task(turn)
         await asyncio.sleep(3)
         await server.start()
 
