@@ -130,7 +130,7 @@ class ApprovalPolicy:
         if not self.tools:
             return "Approval: no tool waits for a person"
         waits = f"up to {self.timeout_s:g} s" if self.timeout_s else "without a time limit"
-        return f"Approval: {', '.join(sorted(self.tools))} wait for a person, {waits}"
+        return f"Approval: calls of {', '.join(sorted(self.tools))} wait for a person, {waits}"
 
 
 def _object(properties: dict[str, Any]) -> dict[str, Any]:
