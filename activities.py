@@ -134,6 +134,8 @@ class AgentActivities:
         model = self._llm.model
         if self._llm.is_scripted:
             model += " (the offline scripted model; set LLM_MODEL in .env for a real one)"
+        elif self._llm.api_base:
+            model += f" at {self._llm.api_base}"
         lines = [f"Model: {model}", f"Notes file: {self._notes_file}", self._approvals.describe()]
         switches = self._faults.describe()
         lines += [f"Fault switch on: {line}" for line in switches] or ["Fault switches: none"]

@@ -75,6 +75,9 @@ class LlmSettings:
     """Which model to call and how; read once, when the worker starts."""
 
     model: str = SCRIPTED_MODEL
+    api_base: str | None = None
+    """Where the provider listens, when not at its usual address: a local server (Ollama,
+    vLLM, LM Studio) or any OpenAI-compatible one. None: the provider's default."""
     timeout_s: float = 60.0
     scripted_latency_s: float = 0.0
     context_tokens: int | None = None
@@ -84,6 +87,7 @@ class LlmSettings:
     def from_env(cls, env: Mapping[str, str] = os.environ) -> LlmSettings:
         return cls(
             model=env.get("LLM_MODEL") or SCRIPTED_MODEL,
+            api_base=env.get("LLM_API_BASE") or None,
             timeout_s=env_number(env, "LLM_TIMEOUT_S", float, 60.0),
             scripted_latency_s=env_number(env, "SCRIPTED_LATENCY_MS", float, 0.0) / 1000,
             context_tokens=env_number(env, "LLM_CONTEXT_TOKENS", int, 0) or None,
@@ -94,10 +98,16 @@ class LlmSettings:
         return self.model.startswith("scripted/")
 
     def missing_keys(self) -> list[str]:
-        """Provider keys the model needs but the environment lacks (checked at start)."""
+        """Provider keys the model needs but the environment lacks (checked at start).
+
+        LiteLLM judges, given the API base: `ollama_chat/`, `hosted_vllm/` or `lm_studio/`
+        at a local address need no key; `openai/` always does, because the OpenAI client
+        refuses to send a request without one (a local server that checks none takes any).
+        """
         if self.is_scripted:
             return []
-        return list(litellm.validate_environment(model=self.model).get("missing_keys", []))
+        found = litellm.validate_environment(model=self.model, api_base=self.api_base)
+        return list(found.get("missing_keys", []))
 
     def context_budget(self) -> int:
         return self.context_tokens or _known_context_budget(self.model)
@@ -153,6 +163,8 @@ async def plan(
         messages, settings.context_budget() - reserved, settings.count_tokens
     )
     extra: dict[str, Any] = {}
+    if settings.api_base:
+        extra["api_base"] = settings.api_base
     if settings.is_scripted and settings.scripted_latency_s:
         extra["extra_body"] = {"latency_s": settings.scripted_latency_s}
     response = await litellm.acompletion(

@@ -97,7 +97,12 @@ def configured_activities() -> AgentActivities:
 
     llm = LlmSettings.from_env()
     if missing := llm.missing_keys():
-        raise ValueError(f"LLM_MODEL={llm.model} needs {', '.join(missing)}: add it to .env")
+        # The OpenAI client will not send a request without a key, even to a local server.
+        local = f" (a server that checks no key takes any, e.g. {missing[0]}=unused)"
+        raise ValueError(
+            f"LLM_MODEL={llm.model} needs {', '.join(missing)}: add it to .env"
+            + (local if llm.api_base else "")
+        )
     notes_file = Path(os.environ.get("NOTES_FILE") or DEFAULT_NOTES_FILE)
     approvals = ApprovalPolicy.from_env(os.environ, registry(notes_file))
     return AgentActivities(llm, notes_file, Faults.from_env(), approvals)
