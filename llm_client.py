@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +26,7 @@ from typing import Any
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import litellm
+from litellm import CustomLLM
 from temporalio.exceptions import ApplicationError
 
 from scripted_model import SCRIPTED_MODEL, ScriptedModel
@@ -148,12 +149,21 @@ def env_number(env: Mapping[str, str], name: str, kind: type[int | float], defau
 
 
 async def plan(
-    settings: LlmSettings, conversation: list[Message], tools: list[dict[str, Any]]
+    settings: LlmSettings,
+    conversation: list[Message],
+    tools: list[dict[str, Any]],
+    *,
+    on_text: Callable[[str], Awaitable[None]] | None = None,
 ) -> Plan:
     """One chat completion with native tool calling, parsed into the workflow's `Plan`.
 
     Only the newest turns that fit the context budget are sent; the plan says how many
     of the oldest messages were left out, so the workflow can forget them too.
+
+    With `on_text`, the reply is streamed: `on_text` gets each piece of its text as it
+    arrives (all of it at once from a model that cannot stream), and the plan is the
+    same as without. A provider error in the middle of the stream is raised here, like
+    any other, after `on_text` has seen part of the text.
     """
     system = {"role": "system", "content": SYSTEM_PROMPT}
     tools = [*tools, END_CHAT_SCHEMA]
@@ -162,29 +172,63 @@ async def plan(
     dropped = oldest_turns_over_budget(
         messages, settings.context_budget() - reserved, settings.count_tokens
     )
-    extra: dict[str, Any] = {}
+    request: dict[str, Any] = {
+        "model": settings.model,
+        "messages": [system, *messages[dropped:]],
+        "tools": tools,
+        "timeout": settings.timeout_s,
+        "num_retries": 0,
+    }
     if settings.api_base:
-        extra["api_base"] = settings.api_base
+        request["api_base"] = settings.api_base
     if settings.is_scripted and settings.scripted_latency_s:
-        extra["extra_body"] = {"latency_s": settings.scripted_latency_s}
-    response = await litellm.acompletion(
-        model=settings.model,
-        messages=[system, *messages[dropped:]],
-        tools=tools,
-        timeout=settings.timeout_s,
-        num_retries=0,
-        **extra,
-    )
-    return dataclasses.replace(
-        plan_from_reply(response.choices[0].message), context_dropped=dropped
-    )
+        request["extra_body"] = {"latency_s": settings.scripted_latency_s}
+    if on_text is not None and _streams(settings.model):
+        reply = await _streamed_reply(request, on_text)
+    else:
+        reply = (await litellm.acompletion(**request)).choices[0].message
+        if on_text is not None and reply.content:
+            await on_text(reply.content)
+    return dataclasses.replace(plan_from_reply(reply), context_dropped=dropped)
+
+
+async def _streamed_reply(
+    request: dict[str, Any], on_text: Callable[[str], Awaitable[None]]
+) -> litellm.Message:
+    """Stream the completion, handing on each piece of text; assemble the whole message
+    (tool-call fragments included) as the non-streamed call would have returned it."""
+    chunks = []
+    async for chunk in await litellm.acompletion(**request, stream=True):
+        chunks.append(chunk)
+        if chunk.choices and (text := chunk.choices[0].delta.content):
+            await on_text(text)
+    whole = litellm.stream_chunk_builder(chunks)  # None for a stream with no chunk at all
+    return whole.choices[0].message if whole else litellm.Message(content=None)
+
+
+@functools.cache
+def _streams(model: str) -> bool:
+    """Whether the model's provider can stream. LiteLLM takes `stream=True` for every
+    provider it ships; a custom provider, such as a test's, streams only if it implements
+    `astreaming`."""
+    provider = model.split("/", 1)[0]
+    for custom in litellm.custom_provider_map:
+        if custom["provider"] == provider:
+            return type(custom["custom_handler"]).astreaming is not CustomLLM.astreaming
+    return True
 
 
 async def warm_up(settings: LlmSettings) -> None:
-    """Count tokens once, and call the model once if it is the (free) scripted one."""
+    """Count tokens once, and call the model once each way, plain and streamed, if it is
+    the (free) scripted one: LiteLLM loads its streaming code on first use (~20 ms)."""
     settings.count_tokens({"role": "user", "content": "warm-up"})
     if settings.is_scripted:
         await plan(settings, [Message("user", "warm-up")], [])
+        await plan(settings, [Message("user", "warm-up")], [], on_text=_ignore)
+
+
+async def _ignore(text: str) -> None:
+    pass
 
 
 def oldest_turns_over_budget(

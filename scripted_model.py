@@ -1,9 +1,10 @@
 """The offline scripted model: a deterministic stand-in for an LLM provider.
 
 It speaks the OpenAI tool-calling protocol through LiteLLM's custom-provider interface
-(`llm_client.py` registers it as the `scripted` provider), so with no API key the agent
-loop still runs end to end, and every reply is parsed by the code that parses a real
-provider's. It is a pattern matcher, not a language model.
+(`llm_client.py` registers it as the `scripted` provider), whole or streamed, so with no
+API key the agent loop still runs end to end, and every reply is parsed (or assembled
+from its streamed pieces) by the code that handles a real provider's. It is a pattern
+matcher, not a language model.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from collections.abc import AsyncIterator
 from typing import Any
 
 import litellm
 from litellm import CustomLLM, ModelResponse
+from litellm.types.utils import GenericStreamingChunk
 
 SCRIPTED_MODEL = "scripted/agent"
 
@@ -24,6 +27,7 @@ _CITIES = re.compile(r"weather (?:in|for) ([A-Za-z][A-Za-z ,.'-]*)", re.IGNORECA
 _CITY_SEPARATOR = re.compile(r"\s*(?:,|\band\b)\s*")
 _ARITHMETIC = re.compile(r"[-(\d.][\d.\s()+\-*/%^]*[\d)]")
 _HAS_OPERATOR = re.compile(r"[\d)]\s*(?:\*\*|[-+*/%^])\s*[-(\d.]")
+_FEW_WORDS = re.compile(r"\s*(?:\S+\s*){1,3}")  # one streamed piece of text
 
 
 class ScriptedModel(CustomLLM):
@@ -36,19 +40,73 @@ class ScriptedModel(CustomLLM):
     """
 
     async def acompletion(self, model: str, messages: list, *args: Any, **kwargs: Any) -> Any:
-        if model != SCRIPTED_MODEL.split("/", 1)[1]:
-            raise litellm.NotFoundError(
-                message=f"the scripted provider has no model '{model}'; use '{SCRIPTED_MODEL}'",
-                model=model,
-                llm_provider="scripted",
-            )
-        extra_body = (kwargs.get("optional_params") or {}).get("extra_body") or {}
-        if latency_s := extra_body.get("latency_s"):
+        choice = _choice(model, messages)
+        if latency_s := _latency_s(kwargs):
             await asyncio.sleep(latency_s)
-        return ModelResponse(model=SCRIPTED_MODEL, choices=[scripted_reply(messages)])
+        return ModelResponse(model=SCRIPTED_MODEL, choices=[choice])
 
     def completion(self, model: str, messages: list, *args: Any, **kwargs: Any) -> Any:
-        return ModelResponse(model=SCRIPTED_MODEL, choices=[scripted_reply(messages)])
+        return ModelResponse(model=SCRIPTED_MODEL, choices=[_choice(model, messages)])
+
+    async def astreaming(
+        self, model: str, messages: list, *args: Any, **kwargs: Any
+    ) -> AsyncIterator[GenericStreamingChunk]:
+        """The same reply as `acompletion`, in pieces, as a real provider streams it: text
+        a few words at a time, each tool call's arguments in two halves, the simulated
+        latency spread over the pieces."""
+        chunks = stream_chunks(_choice(model, messages))
+        pause_s = _latency_s(kwargs) / len(chunks)
+        for chunk in chunks:
+            if pause_s:
+                await asyncio.sleep(pause_s)
+            yield chunk
+
+
+def _choice(model: str, messages: list[dict[str, Any]]) -> dict[str, Any]:
+    if model != SCRIPTED_MODEL.split("/", 1)[1]:
+        raise litellm.NotFoundError(
+            message=f"the scripted provider has no model '{model}'; use '{SCRIPTED_MODEL}'",
+            model=model,
+            llm_provider="scripted",
+        )
+    return scripted_reply(messages)
+
+
+def _latency_s(kwargs: dict[str, Any]) -> float:
+    """The simulated latency llm_client asks for, in `extra_body` like any provider option."""
+    extra_body = (kwargs.get("optional_params") or {}).get("extra_body") or {}
+    return float(extra_body.get("latency_s") or 0.0)
+
+
+def stream_chunks(choice: dict[str, Any]) -> list[GenericStreamingChunk]:
+    """A scripted choice as LiteLLM's generic streaming chunks; the last one says why it ended."""
+    message = choice["message"]
+    text = message.get("content") or ""
+    chunks = [_chunk(text=piece) for piece in _FEW_WORDS.findall(text)]
+    for index, call in enumerate(message.get("tool_calls") or []):
+        arguments = call["function"]["arguments"]
+        half = len(arguments) // 2
+        head = {"name": call["function"]["name"], "arguments": arguments[:half]}
+        chunks.append(_chunk(tool_use={**call, "index": index, "function": head}))
+        tail = {"name": None, "arguments": arguments[half:]}
+        chunks.append(
+            _chunk(tool_use={"id": None, "type": "function", "index": index, "function": tail})
+        )
+    chunks.append(_chunk(finish_reason=choice["finish_reason"]))
+    return chunks
+
+
+def _chunk(
+    text: str = "", tool_use: dict[str, Any] | None = None, finish_reason: str = ""
+) -> GenericStreamingChunk:
+    return {
+        "text": text,
+        "tool_use": tool_use,
+        "is_finished": bool(finish_reason),
+        "finish_reason": finish_reason,
+        "usage": None,
+        "index": 0,
+    }
 
 
 def scripted_reply(messages: list[dict[str, Any]]) -> dict[str, Any]:

@@ -97,6 +97,13 @@ async def decide(handle: WorkflowHandle, call_id: str, approved: bool, reason: s
     )
 
 
+class Deltas(list[str]):
+    """An `on_text` for `llm_client.plan`: keeps the streamed pieces of text, in order."""
+
+    async def __call__(self, text: str) -> None:
+        self.append(text)
+
+
 async def history_events(handle: WorkflowHandle) -> list:
     return [event async for event in handle.fetch_history_events()]
 
