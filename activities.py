@@ -159,8 +159,16 @@ class AgentActivities:
             plan = await _heartbeating(llm_client.plan(self._llm, request.conversation, offered))
         except Exception as err:
             if classified := llm_client.classify_provider_error(err):
-                # "from None": the provider's own exception may quote a key; keep it out
-                # of the history, where the redacted message says all that is needed.
+                # One line in the worker log; the error is BENIGN, so the SDK adds no stack
+                # trace. "from None": the provider's own exception may quote a key; keep it
+                # out of the history, where the redacted message says all that is needed.
+                outcome = "not retried" if classified.non_retryable else "Temporal retries"
+                activity.logger.warning(
+                    "plan_next_action attempt %d failed, %s: %s",
+                    activity.info().attempt,
+                    outcome,
+                    classified.message,
+                )
                 raise classified from None
             raise
         chosen = ", ".join(call.name for call in plan.tool_calls) or "reply"

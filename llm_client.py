@@ -27,7 +27,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import litellm
 from litellm import CustomLLM
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from scripted_model import SCRIPTED_MODEL, ScriptedModel
 from workflow import Message, Plan, ToolCall
@@ -320,7 +320,11 @@ def to_provider_format(message: Message) -> dict[str, Any]:
 
 def classify_provider_error(err: Exception) -> ApplicationError | None:
     """What Temporal should do with a provider exception; None for one we do not know,
-    which Temporal then retries like any other activity failure."""
+    which Temporal then retries like any other activity failure.
+
+    Both kinds are BENIGN: expected, not a bug in the worker, so the SDK does not log
+    them with a stack trace; `plan_next_action` logs them on one line instead.
+    """
     detail = _redact(str(err))[:300]
     for kind, fix in PERMANENT_PROVIDER_ERRORS:
         if isinstance(err, kind):
@@ -328,11 +332,13 @@ def classify_provider_error(err: Exception) -> ApplicationError | None:
                 f"The model provider refused the request ({kind.__name__}): {detail} {fix}",
                 type=kind.__name__,
                 non_retryable=True,
+                category=ApplicationErrorCategory.BENIGN,
             )
     if isinstance(err, TRANSIENT_PROVIDER_ERRORS):
         return ApplicationError(
             f"The model provider is unavailable ({type(err).__name__}): {detail}",
             type="ProviderUnavailable",
+            category=ApplicationErrorCategory.BENIGN,
         )
     return None
 
@@ -354,5 +360,9 @@ def _valid_json(text: str) -> str:
 
 
 def _redact(text: str) -> str:
-    """Keep API keys out of messages that end up in the history and the logs."""
+    """Keep API keys out of messages that end up in the history and the logs: the keys
+    this process holds, whatever their shape, and anything else that looks like one."""
+    for name, value in os.environ.items():
+        if name.endswith(("_KEY", "_TOKEN", "_SECRET")) and len(value) >= 8:
+            text = text.replace(value, "[redacted]")
     return re.sub(r"\b(sk|key|api)[-_][A-Za-z0-9_\-*]{8,}", r"\1-[redacted]", text)
