@@ -18,6 +18,8 @@ from temporalio.testing import WorkflowEnvironment
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
+from openai_server import OpenAIServer
+
 from activities import AgentActivities
 from llm_client import LlmSettings
 from start_workflow import DEV_SERVER_ARGS, start_dev_server, temporal_binary
@@ -59,6 +61,14 @@ async def worker(client: Client, task_queue: str, activities: AgentActivities) -
     a cheap determinism check on every test."""
     async with build_worker(client, task_queue, activities, max_cached_workflows=0) as running:
         yield running
+
+
+@pytest.fixture
+async def openai_server() -> AsyncIterator[OpenAIServer]:
+    """A local OpenAI-compatible provider, scripted by the test (tests/openai_server.py)."""
+    server = await OpenAIServer().start()
+    yield server
+    await server.stop()
 
 
 @pytest.fixture
