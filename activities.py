@@ -29,19 +29,23 @@ import os
 import random
 from collections.abc import Awaitable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import jsonschema
 from temporalio import activity
+from temporalio.contrib.workflow_streams import WorkflowStreamClient
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 import llm_client
 import tools
 from llm_client import LlmSettings, env_number
-from workflow import Plan, PlanRequest, ToolCall, ToolResult
+from workflow import Plan, PlanRequest, RetryNotice, TextDelta, ToolCall, ToolResult
 
 HEARTBEAT_EVERY_S = 1.0
+DELTA_BATCH = timedelta(milliseconds=100)
+"""Streamed text goes to the workflow in batches: each batch is a signal in the history."""
 T = TypeVar("T")
 MAX_TOOL_RESULT_CHARS = 8_000
 
@@ -156,7 +160,7 @@ class AgentActivities:
         ]
         try:
             self._faults.before_model_call()
-            plan = await _heartbeating(llm_client.plan(self._llm, request.conversation, offered))
+            plan = await _heartbeating(self._plan(request, offered))
         except Exception as err:
             if classified := llm_client.classify_provider_error(err):
                 # One line in the worker log; the error is BENIGN, so the SDK adds no stack
@@ -174,6 +178,28 @@ class AgentActivities:
         chosen = ", ".join(call.name for call in plan.tool_calls) or "reply"
         activity.logger.info("plan_next_action -> %s", "end_chat" if plan.end_chat else chosen)
         return dataclasses.replace(plan, tool_calls=[self._stamped(c) for c in plan.tool_calls])
+
+    async def _plan(self, request: PlanRequest, offered: list[dict[str, Any]]) -> Plan:
+        """The model call; streamed to the workflow's `delta` topic if someone watches.
+
+        The stream is a view: the `Plan` this returns, recorded in the history, is the
+        truth. A retried attempt first says so on the `retry` topic, so a watcher drops
+        the text that the failed attempt had already streamed.
+        """
+        target = request.stream_to
+        if target is None:
+            return await llm_client.plan(self._llm, request.conversation, offered)
+        stream = WorkflowStreamClient.from_within_activity(batch_interval=DELTA_BATCH)
+        async with stream:  # Flushes what is left before the activity completes.
+            if (attempt := activity.info().attempt) > 1:
+                retry = RetryNotice(target.turn, target.step, attempt)
+                stream.topic("retry", type=RetryNotice).publish(retry, force_flush=True)
+            deltas = stream.topic("delta", type=TextDelta)
+
+            async def publish(text: str) -> None:
+                deltas.publish(TextDelta(target.turn, target.step, text))
+
+            return await llm_client.plan(self._llm, request.conversation, offered, on_text=publish)
 
     def _stamped(self, call: ToolCall) -> ToolCall:
         """The call with this worker's approval policy on it, recorded in the history."""

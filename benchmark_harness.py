@@ -25,10 +25,11 @@ from typing import Any
 
 from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.contrib.workflow_streams import WorkflowStreamClient
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
 import worker
-from start_workflow import DEV_SERVER_ARGS, start_dev_server
+from dev_server import DEV_SERVER_ARGS, start_dev_server
 from workflow import DurableAgentWorkflow, Message, PlanRequest, SessionInput
 
 TURN_TIMEOUT_S = 60  # a turn that takes longer is a failure, not a hung benchmark
@@ -223,18 +224,32 @@ class Lab:
 
 
 class Conversation:
-    """One session, driven turn by turn; every turn is timed at the client."""
+    """One session, driven turn by turn; every turn is timed at the client.
 
-    def __init__(self, report: Report, label: str, client: Client, handle: WorkflowHandle):
+    With `stream`, each message asks for its reply to stream, and a subscriber watches
+    the turn on the event stream to its end, as the chat client does; `first_deltas`
+    collects the time from sending to the first piece of text.
+    """
+
+    def __init__(
+        self, report: Report, label: str, client: Client, handle: WorkflowHandle, stream: bool
+    ):
         self.report = report
         self.label = label
         self.client = client
         self.handle = handle
+        self.stream = stream
+        self.first_deltas: list[float] = []
         self.turns = 0
 
     @classmethod
     async def start(
-        cls, report: Report, label: str, client: Client | None, task_queue: str | None
+        cls,
+        report: Report,
+        label: str,
+        client: Client | None,
+        task_queue: str | None,
+        stream: bool = False,
     ) -> Conversation:
         assert client is not None and task_queue is not None
         handle = await client.start_workflow(
@@ -243,19 +258,25 @@ class Conversation:
             id=f"bench-{label}-{uuid.uuid4().hex[:8]}",
             task_queue=task_queue,
         )
-        return cls(report, label, client, handle)
+        return cls(report, label, client, handle, stream)
 
     async def turn(self, text: str, expect: str | None = None) -> float | None:
         """Send one message; the latency in seconds, or None (and a failure) if it failed."""
         self.turns += 1
+        turn_id = str(uuid.uuid4())
         started = time.perf_counter()
-        update = self.handle.execute_update(DurableAgentWorkflow.send_message, text)
+        watcher = asyncio.ensure_future(self._first_delta(turn_id)) if self.stream else None
+        update = self.handle.execute_update(
+            DurableAgentWorkflow.send_message, args=[text, self.stream], id=turn_id
+        )
         try:
             reply = await asyncio.wait_for(update, TURN_TIMEOUT_S)
+            latency = time.perf_counter() - started
+            if watcher is not None:
+                self.first_deltas.append(await asyncio.wait_for(watcher, 10) - started)
         except Exception as err:
             self.report.failures.append(f"{self.label}, turn {self.turns}: {err!r}")
             return None
-        latency = time.perf_counter() - started
         if expect is not None and expect not in reply:
             self.report.failures.append(f"{self.label}, turn {self.turns}: reply {reply!r}")
             return None
@@ -272,6 +293,18 @@ class Conversation:
             progress(self.label, i + 1, count)
             await asyncio.sleep(think_s)
         return latencies
+
+    async def _first_delta(self, turn: str) -> float:
+        """Watch the turn to its end on the stream; when its first text arrived."""
+        first = None
+        stream = WorkflowStreamClient.create(self.client, self.handle.id)
+        async for item in stream.subscribe(["delta", "turn"], from_offset=0):
+            if item.data["turn"] != turn:
+                continue
+            first = first or time.perf_counter()
+            if item.topic == "turn":
+                return first
+        raise RuntimeError("the stream ended before the turn")
 
     async def rejection(self) -> float | None:
         """Time an empty message, which the validator rejects: one workflow task, no activity."""
@@ -309,19 +342,24 @@ async def short_conversations(
     text: str,
     expect: str | None,
     think_s: float = 0.0,
-) -> list[float]:
-    """`count` turns in fresh conversations of ten, each after one unmeasured warm-up turn.
+    stream: bool = False,
+) -> tuple[list[float], list[float]]:
+    """`count` turns in fresh conversations of ten, each after one unmeasured warm-up turn:
+    their latencies and, when streamed, their times to the first piece of text.
 
     A conversation's turns slow down as its context grows (the growth section measures
     that); short conversations keep it out of figures that are about something else.
     """
     latencies: list[float] = []
+    first_deltas: list[float] = []
     for first in range(0, count, SHORT_CONVERSATION_TURNS):
-        conversation = await Conversation.start(report, label, client, task_queue)
+        conversation = await Conversation.start(report, label, client, task_queue, stream)
         await conversation.turns_of(1, same(text), expect, think_s)
+        conversation.first_deltas.clear()
         turns = min(SHORT_CONVERSATION_TURNS, count - first)
         latencies += await conversation.turns_of(turns, same(text), expect, think_s)
-    return latencies
+        first_deltas += conversation.first_deltas
+    return latencies, first_deltas
 
 
 async def crash(

@@ -223,8 +223,9 @@ async def warm_up(settings: LlmSettings) -> None:
     the (free) scripted one: LiteLLM loads its streaming code on first use (~20 ms)."""
     settings.count_tokens({"role": "user", "content": "warm-up"})
     if settings.is_scripted:
-        await plan(settings, [Message("user", "warm-up")], [])
-        await plan(settings, [Message("user", "warm-up")], [], on_text=_ignore)
+        instant = dataclasses.replace(settings, scripted_latency_s=0.0)  # Warm, not slow.
+        await plan(instant, [Message("user", "warm-up")], [])
+        await plan(instant, [Message("user", "warm-up")], [], on_text=_ignore)
 
 
 async def _ignore(text: str) -> None:

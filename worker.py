@@ -58,7 +58,7 @@ async def connect(address: str | None = None) -> Client:
     except RuntimeError as err:
         raise TemporalUnreachable(
             f"Cannot reach Temporal at {config['target_host']} ({err}).\n"
-            "Start a local server with `uv run temporal server start-dev`, or run the chat "
+            "Start a local server with `uv run dev_server.py`, or run the chat "
             "with `uv run start_workflow.py --embedded`, which starts one for you."
         ) from err
 

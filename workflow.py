@@ -22,6 +22,7 @@ from typing import Literal
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
+from temporalio.contrib.workflow_streams import WorkflowStream, WorkflowStreamState
 from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.exceptions import TimeoutError as ActivityTimeoutError
 
@@ -127,11 +128,22 @@ class Message:
 
 
 @dataclass(frozen=True)
+class DeltaTarget:
+    """Where `plan_next_action` publishes the reply's text as it arrives: the turn (its
+    `send_message` update id) and the model step within it."""
+
+    turn: str
+    step: int
+
+
+@dataclass(frozen=True)
 class PlanRequest:
-    """Input of `plan_next_action`. `tools` None offers every tool the worker has."""
+    """Input of `plan_next_action`. `tools` None offers every tool the worker has;
+    `stream_to` None: nobody watches this turn's text arrive, so it is not streamed."""
 
     conversation: list[Message]
     tools: list[str] | None = None
+    stream_to: DeltaTarget | None = None
 
 
 @dataclass(frozen=True)
@@ -160,6 +172,8 @@ class SessionInput:
     """The context window carried over from the previous run."""
     earlier_messages: int = 0
     """Messages of this conversation no longer held: past the context budget."""
+    stream: WorkflowStreamState | None = None
+    """The event stream's retained items and offsets, carried over from the previous run."""
 
 
 @dataclass(frozen=True)
@@ -178,11 +192,67 @@ class Transcript:
 Status = Literal["idle", "working", "awaiting_approval", "ended"]
 
 
+# --- The event stream: what a client watches while a turn runs (README, "Streaming") ---
+# Every event names its turn: the id of the `send_message` update that asked for it.
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    """Topic `delta`: model text as it arrives (from the activity, ~100 ms batches)."""
+
+    turn: str
+    step: int
+    text: str
+
+
+@dataclass(frozen=True)
+class RetryNotice:
+    """Topic `retry`: a model attempt failed; drop the text of this step seen so far."""
+
+    turn: str
+    step: int
+    attempt: int
+
+
+@dataclass(frozen=True)
+class ToolEvent:
+    """Topic `tool`: a call started, or finished with outcome "ok", "error" or "not run"."""
+
+    turn: str
+    call_id: str
+    name: str
+    arguments: str
+    state: Literal["started", "finished"]
+    outcome: str = ""
+
+
+@dataclass(frozen=True)
+class ApprovalEvent:
+    """Topic `approval`: a call waits for a decision, or was approved, denied, expired."""
+
+    turn: str
+    call_id: str
+    tool: str
+    arguments: str
+    state: Literal["requested", "approved", "denied", "expired"]
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class TurnEvent:
+    """Topic `turn`: the turn's final reply, or the error that ended it."""
+
+    turn: str
+    reply: str = ""
+    error: str = ""
+
+
 @dataclass(frozen=True)
 class _Inbound:
     number: int
     text: str
-    update_id: str
+    update_id: str = ""
+    stream: bool = False
 
 
 @dataclass(frozen=True)
@@ -205,9 +275,11 @@ class DurableAgentWorkflow:
         self._received = 0
         self._working = False
         self._ended = False
-        self._turn_update_id = ""
+        self._turn = _Inbound(0, "")
         self._pending: dict[str, PendingApproval] = {}
         self._decisions: dict[str, ToolDecision] = {}
+        self._stream = WorkflowStream(session.stream)
+        self._last_turn_offset = 0
 
     @workflow.run
     async def run(self, session: SessionInput) -> Transcript:
@@ -220,25 +292,31 @@ class DurableAgentWorkflow:
             if self._ended:
                 break
             message = self._inbox.popleft()
-            self._working, self._turn_update_id = True, message.update_id
-            self._outcomes[message.number] = await self._answer(message.text)
+            self._working, self._turn = True, message
+            outcome = await self._answer(message.text)
+            self._outcomes[message.number] = outcome
             self._working = False
+            self._publish("turn", TurnEvent(message.update_id, outcome.reply, outcome.error))
+            self._forget_all_but_the_last_turn_of_the_stream()
         for message in self._inbox:
             self._outcomes[message.number] = _Outcome(
                 error="The chat ended before this message was answered."
             )
         self._inbox.clear()
-        # Let every waiting caller receive its reply before the workflow closes.
+        # Let every waiting caller receive its reply before the workflow closes; stream
+        # subscribers are let go (they read what is left from the closed workflow).
+        self._stream.detach_pollers()
         await workflow.wait_condition(workflow.all_handlers_finished)
         return self._transcript()
 
     @workflow.update
-    async def send_message(self, text: str) -> str:
-        """Queue a user message and return the agent's reply to it."""
+    async def send_message(self, text: str, stream: bool = False) -> str:
+        """Queue a user message and return the agent's reply to it. With `stream`, the
+        reply's text is also published on the `delta` topic as the model writes it."""
         self._received += 1
         number = self._received
         update = workflow.current_update_info()
-        self._inbox.append(_Inbound(number, text, update.id if update else ""))
+        self._inbox.append(_Inbound(number, text, update.id if update else "", stream))
         await workflow.wait_condition(lambda: number in self._outcomes)
         outcome = self._outcomes.pop(number)
         if outcome.error:
@@ -247,7 +325,7 @@ class DurableAgentWorkflow:
         return outcome.reply
 
     @send_message.validator
-    def _validate_message(self, text: str) -> None:
+    def _validate_message(self, text: str, stream: bool = False) -> None:
         # Runs before the update is written to history: a rejection leaves no trace.
         if self._ended:
             raise ValueError("This chat has ended. Start a new session to keep talking.")
@@ -306,6 +384,12 @@ class DurableAgentWorkflow:
         """Tool calls waiting for a decision, oldest first: what a client shows to decide."""
         return list(self._pending.values())
 
+    @workflow.query
+    def turn_in_progress(self) -> str | None:
+        """The `send_message` update id of the turn being answered, if any: a client
+        that reattaches follows that turn on the stream."""
+        return self._turn.update_id if self._working else None
+
     async def _answer(self, text: str) -> _Outcome:
         """Run one turn; if it fails, undo it so the model never sees half a turn."""
         turn_start = len(self._messages)
@@ -323,10 +407,11 @@ class DurableAgentWorkflow:
     async def _agent_loop(self) -> Plan:
         """plan -> tools -> plan -> ... -> reply: the loop the paper makes durable."""
         plan = Plan()
-        for _ in range(self._session.max_model_steps_per_turn):
+        for step in range(self._session.max_model_steps_per_turn):
+            stream_to = DeltaTarget(self._turn.update_id, step) if self._turn.stream else None
             plan = await workflow.execute_activity(
                 "plan_next_action",
-                PlanRequest(self._messages, self._session.tools),
+                PlanRequest(self._messages, self._session.tools, stream_to),
                 result_type=Plan,
                 **PLAN_OPTIONS,
             )
@@ -353,10 +438,14 @@ class DurableAgentWorkflow:
     async def _run_tool(self, call: ToolCall) -> ToolResult:
         """Run one tool call, after a person approves it if the worker's policy says so."""
         if call.needs_approval and (refusal := await self._approval(call)):
+            self._publish_tool(call, "finished", "not run")
             return refusal
-        return await workflow.execute_activity(
+        self._publish_tool(call, "started")
+        result = await workflow.execute_activity(
             "execute_tool", call, result_type=ToolResult, **TOOL_OPTIONS
         )
+        self._publish_tool(call, "finished", "error" if result.is_error else "ok")
+        return result
 
     async def _approval(self, call: ToolCall) -> ToolResult | None:
         """Wait, durably, for a decision on `call`: None if approved, else what the model
@@ -370,9 +459,10 @@ class DurableAgentWorkflow:
             call.name,
             call.arguments,
             now.isoformat(),
-            self._turn_update_id,
+            self._turn.update_id,
             expires_at.isoformat() if expires_at else None,
         )
+        self._publish_approval(call, "requested")
         try:
             await workflow.wait_condition(
                 lambda: call.id in self._decisions or self._ended, timeout=timeout_s
@@ -380,13 +470,38 @@ class DurableAgentWorkflow:
         except asyncio.TimeoutError:
             why = f"no decision within {timeout_s:g} s"
             self._decisions[call.id] = ToolDecision(call.id, False, why)  # Late ones: refused.
+            self._publish_approval(call, "expired", why)
             return _not_run(call, why)
         finally:
             del self._pending[call.id]
         decision = self._decisions.setdefault(call.id, ToolDecision(call.id, False, "chat ended"))
+        self._publish_approval(call, "approved" if decision.approved else "denied", decision.reason)
         if decision.approved:
             return None
         return _not_run(call, f"the user denied it ({decision.reason or 'no reason given'})")
+
+    # --- The event stream ---------------------------------------------------------------
+
+    def _publish(self, topic: str, event: object) -> None:
+        """Append to the stream: in memory, no history event; subscribers' polls fetch it."""
+        self._stream.topic(topic).publish(event)
+
+    def _publish_tool(self, call: ToolCall, state: str, outcome: str = "") -> None:
+        event = ToolEvent(self._turn.update_id, call.id, call.name, call.arguments, state, outcome)
+        self._publish("tool", event)
+
+    def _publish_approval(self, call: ToolCall, state: str, reason: str = "") -> None:
+        event = ApprovalEvent(
+            self._turn.update_id, call.id, call.name, call.arguments, state, reason
+        )
+        self._publish("approval", event)
+
+    def _forget_all_but_the_last_turn_of_the_stream(self) -> None:
+        """Keep the stream's memory bounded: drop the events of every turn before the one
+        just answered, whose events a slow subscriber may still be reading."""
+        state = self._stream.get_state()
+        self._stream.truncate(self._last_turn_offset)
+        self._last_turn_offset = state.base_offset + len(state.log)
 
     def _history_is_large(self) -> bool:
         info = workflow.info()
@@ -402,14 +517,19 @@ class DurableAgentWorkflow:
         An update must be answered by the run that accepted it, so a run continues as new
         only with an empty inbox and no handler still running. No tool call waits for
         approval then either: calls wait only inside a turn. A message sent during the
-        switch is not lost: the server hands it to the new run.
+        switch is not lost: the server hands it to the new run. Stream subscribers are
+        let go first; they follow the workflow to its next run.
         """
+        self._stream.detach_pollers()
         await workflow.wait_condition(lambda: bool(self._inbox) or workflow.all_handlers_finished())
         return not self._inbox
 
     def _carry_over(self) -> SessionInput:
         return dataclasses.replace(
-            self._session, messages=self._messages, earlier_messages=self._earlier_messages
+            self._session,
+            messages=self._messages,
+            earlier_messages=self._earlier_messages,
+            stream=self._stream.get_state(),
         )
 
     def _transcript(self) -> Transcript:

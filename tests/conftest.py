@@ -21,8 +21,8 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 from openai_server import OpenAIServer
 
 from activities import AgentActivities
+from dev_server import DEV_SERVER_ARGS, start_dev_server, temporal_binary
 from llm_client import LlmSettings
-from start_workflow import DEV_SERVER_ARGS, start_dev_server, temporal_binary
 from worker import WorkerProcess, build_worker
 from workflow import DurableAgentWorkflow, PendingApproval, SessionInput, ToolDecision
 

