@@ -22,7 +22,7 @@ from unittest import mock
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from conftest import ROOT, say, start_session
+from conftest import ROOT, approvals_waiting, decide, say, start_session
 from google.protobuf import json_format
 from temporalio import activity
 from temporalio.api.common.v1 import Payload, Payloads
@@ -174,6 +174,7 @@ class EncryptedChat:
     """What the user saw in a chat run with the encryption variables set."""
 
     workflow_id: str
+    awaiting_approval: str
     saved: str
     failure: str
     transcript: Transcript
@@ -183,8 +184,9 @@ class EncryptedChat:
 async def encrypted_chat(
     temporal: WorkflowEnvironment, tmp_path_factory: pytest.TempPathFactory
 ) -> EncryptedChat:
-    """A note, a failed turn and a goodbye, through a client and an in-process worker that
-    connect as the product does (`worker.connect`) with the encryption variables set."""
+    """A note (approved by a person), a failed turn and a goodbye, through a client and an
+    in-process worker that connect as the product does (`worker.connect`) with the
+    encryption variables set."""
     with mock.patch.dict(os.environ, ENCRYPTION_ENV):
         client = await connect(address(temporal))
     task_queue = f"test-{uuid.uuid4()}"
@@ -192,13 +194,18 @@ async def encrypted_chat(
     activities = ActivitiesThatFailOnRequest(LlmSettings(), notes)
     async with build_worker(client, task_queue, activities, max_cached_workflows=0):
         handle = await start_session(client, task_queue)
-        saved = await say(handle, f"note: the password is {SECRET}")
+        turn = asyncio.create_task(say(handle, f"note: the password is {SECRET}"))
+        [waiting] = await approvals_waiting(handle)  # a query: its result is encrypted too
+        await decide(handle, waiting.call_id, approved=True)
+        saved = await turn
         with pytest.raises(WorkflowUpdateFailedError) as failed:
             await say(handle, f"fail: the password is {SECRET}")
         await say(handle, "bye")
         transcript = await handle.result()
     assert isinstance(failed.value.cause, ApplicationError)
-    return EncryptedChat(handle.id, saved, failed.value.cause.message, transcript)
+    return EncryptedChat(
+        handle.id, waiting.arguments, saved, failed.value.cause.message, transcript
+    )
 
 
 def address(temporal: WorkflowEnvironment) -> str:
@@ -206,6 +213,7 @@ def address(temporal: WorkflowEnvironment) -> str:
 
 
 async def test_with_encryption_on_the_user_sees_the_chat_as_usual(encrypted_chat: EncryptedChat):
+    assert json.loads(encrypted_chat.awaiting_approval) == {"text": f"the password is {SECRET}"}
     assert encrypted_chat.saved == f"Saved your note: the password is {SECRET}"
     assert encrypted_chat.failure == f"cannot answer 'fail: the password is {SECRET}'"
     assert f"the password is {SECRET}" in encrypted_chat.transcript.messages[0].content
