@@ -153,16 +153,20 @@ class Lab:
         return self._external_task_queue is None
 
     async def client(self, server: str = "tuned") -> Client | None:
-        """A client of that server, or None when the run uses a server of the user's."""
+        """A client of that server, or None when the run uses a server of the user's.
+
+        Always through `worker.connect`, so it has the workers' data converter (encryption).
+        """
         if server not in self._clients:
             if self._address:
                 if server != "tuned":
                     return None
-                self._clients[server] = await worker.connect(self._address)
+                address = self._address
             else:
                 args = DEV_SERVER_ARGS if server == "tuned" else []
                 self._servers[server] = await start_dev_server(args)
-                self._clients[server] = self._servers[server].client
+                address = self._servers[server].client.service_client.config.target_host
+            self._clients[server] = await worker.connect(address)
         return self._clients[server]
 
     async def worker(self, server: str = "tuned", **env: str) -> str | None:

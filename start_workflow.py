@@ -86,8 +86,11 @@ async def embedded_temporal(task_queue: str) -> AsyncIterator[Client]:
         where = f"Web UI at http://localhost:{UI_PORT}" if ui else "Web UI off (port in use)"
         target = env.client.service_client.config.target_host
         print(f"Embedded Temporal dev server at {target}; {where}.", file=sys.stderr)
-        async with worker.build_worker(env.client, task_queue):
-            yield env.client
+        # The dev server's own client has the SDK's default data converter; connect as
+        # every other process does, so encryption (if configured) applies here too.
+        client = await worker.connect(target)
+        async with worker.build_worker(client, task_queue):
+            yield client
 
 
 async def open_session(client: Client, session: str, task_queue: str) -> WorkflowHandle:

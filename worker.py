@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -26,9 +27,11 @@ from typing import TYPE_CHECKING, Any
 
 from dotenv import load_dotenv
 from temporalio.client import Client
+from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
 from temporalio.envconfig import ClientConfig
 from temporalio.worker import Worker
 
+from codec import EncryptionCodec
 from workflow import DurableAgentWorkflow
 
 if TYPE_CHECKING:
@@ -48,19 +51,40 @@ class TemporalUnreachable(Exception):
 
 
 async def connect(address: str | None = None) -> Client:
-    """Connect as the environment configuration says; `address` overrides its host."""
+    """Connect as the environment configuration says; `address` overrides its host.
+
+    Every process connects here (worker, chat client, benchmark, tests), so all of them
+    use the same data converter. Raises ValueError on a bad encryption setting.
+    """
     config = ClientConfig.load_client_connect_config()
     config.setdefault("target_host", DEFAULT_ADDRESS)
     if address:
         config["target_host"] = address
     try:
-        return await Client.connect(**config)
+        return await Client.connect(**config, data_converter=data_converter())
     except RuntimeError as err:
         raise TemporalUnreachable(
             f"Cannot reach Temporal at {config['target_host']} ({err}).\n"
             "Start a local server with `uv run dev_server.py`, or run the chat "
             "with `uv run start_workflow.py --embedded`, which starts one for you."
         ) from err
+
+
+def data_converter() -> DataConverter:
+    """The SDK's default, or with ENCRYPTION_KEYS set, one that encrypts (codec.py).
+
+    Encrypting, it also moves failure messages and stack traces into a payload (the SDK's
+    encoded failure attributes), which the codec encrypts: a failure message can quote
+    what the user wrote. Replay needs the same converter to read an encrypted history.
+    """
+    codec = EncryptionCodec.from_env()
+    if codec is None:
+        return DataConverter.default
+    return dataclasses.replace(
+        DataConverter.default,
+        payload_codec=codec,
+        failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
+    )
 
 
 def task_queue_name(flag: str | None = None) -> str:
@@ -158,6 +182,9 @@ async def main() -> int:
         return 2
     task_queue = task_queue_name(args.task_queue)
     print(activities.describe(), file=sys.stderr)
+    codec = client.data_converter.payload_codec
+    encryption = codec.describe() if isinstance(codec, EncryptionCodec) else "Encryption: off"
+    print(encryption, file=sys.stderr)
     await activities.warm_up()
 
     stop = asyncio.Event()

@@ -23,7 +23,7 @@ from openai_server import OpenAIServer
 from activities import AgentActivities
 from dev_server import DEV_SERVER_ARGS, start_dev_server, temporal_binary
 from llm_client import LlmSettings
-from worker import WorkerProcess, build_worker
+from worker import WorkerProcess, build_worker, connect
 from workflow import DurableAgentWorkflow, PendingApproval, SessionInput, ToolDecision
 
 
@@ -35,9 +35,12 @@ async def temporal() -> AsyncIterator[WorkflowEnvironment]:
     await env.shutdown()
 
 
-@pytest.fixture
-def client(temporal: WorkflowEnvironment) -> Client:
-    return temporal.client
+@pytest.fixture(scope="session")
+async def client(temporal: WorkflowEnvironment) -> Client:
+    """A client connected as the product connects (`worker.connect`): with the same data
+    converter, so the suite runs encrypted when ENCRYPTION_KEYS is set. `temporal.client`
+    is the server's own, with the SDK's default converter."""
+    return await connect(temporal.client.service_client.config.target_host)
 
 
 @pytest.fixture

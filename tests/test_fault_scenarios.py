@@ -25,6 +25,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
 import start_workflow
+from worker import connect
 from workflow import DurableAgentWorkflow
 
 SpawnWorker = Callable[..., Awaitable[WorkerProcess]]
@@ -105,7 +106,7 @@ async def test_server_killed_and_restarted_the_conversation_goes_on(
     server = await DevServerProcess(tmp_path / "temporal.db").start()
     try:
         await spawn_worker(address=server.address)
-        client = await Client.connect(server.address)
+        client = await connect(server.address)
         handle = await start_session(client, task_queue)
         assert await say(handle, "What is 1 + 1?") == "1 + 1 = 2"
 

@@ -15,6 +15,7 @@ from conftest import approvals_waiting, decide, say
 from temporalio.client import WorkflowHandle, WorkflowHistory
 from temporalio.worker import Replayer
 
+from worker import data_converter
 from workflow import DurableAgentWorkflow
 
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
@@ -23,7 +24,7 @@ HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
 @pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])
 async def test_recorded_history_replays_with_the_current_workflow_code(path: Path):
     history = WorkflowHistory.from_json("recorded", path.read_text())
-    await Replayer(workflows=[DurableAgentWorkflow]).replay_workflow(history)
+    await replayer().replay_workflow(history)
 
 
 async def test_fresh_conversation_with_every_kind_of_turn_replays(session: WorkflowHandle):
@@ -38,4 +39,9 @@ async def test_fresh_conversation_with_every_kind_of_turn_replays(session: Workf
     await session.result()
 
     history = await session.fetch_history()
-    await Replayer(workflows=[DurableAgentWorkflow]).replay_workflow(history)
+    await replayer().replay_workflow(history)
+
+
+def replayer() -> Replayer:
+    """With the product's data converter: an encrypted history replays only through it."""
+    return Replayer(workflows=[DurableAgentWorkflow], data_converter=data_converter())

@@ -1,0 +1,191 @@
+"""Encryption of everything this project sends to Temporal: a payload codec (AES-256-GCM).
+
+The SDK turns every value that crosses to the server into a payload: workflow input,
+update arguments and results, activity inputs and results, query results, and (with the
+encoded failure attributes that `worker.data_converter` turns on) failure messages and
+stack traces. With ENCRYPTION_KEYS set, this codec encrypts each payload before it leaves
+the process and decrypts it when it comes back, so the server, its database, the Web UI
+and the CLI hold ciphertext only; `codec_server.py` lets the last two decrypt on request.
+
+    ENCRYPTION_KEYS=id:base64key[,id:base64key...]   # 32-byte keys; old ones still decrypt
+    ENCRYPTION_KEY_ID=id                              # the key that encrypts new data
+    uv run codec.py new-key                           # prints a new random id:base64key
+
+An encrypted payload carries its key id in the clear, so rotating is: add a new key, point
+ENCRYPTION_KEY_ID at it, and keep the old keys listed while histories written with them
+are still kept. The layout (encoding "binary/encrypted", "encryption-key-id", the nonce
+before the ciphertext) is that of Temporal's encryption samples, so their codec servers
+read ours given the key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import os
+import re
+import secrets
+import sys
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from temporalio.api.common.v1 import Payload
+from temporalio.converter import PayloadCodec
+
+ENCODING = b"binary/encrypted"
+KEY_ID = "encryption-key-id"
+KEY_BYTES = 32  # AES-256
+# A random 96-bit nonce per payload: safe for about 2**32 payloads under one key (NIST
+# SP 800-38D); rotate long before that.
+NONCE_BYTES = 12
+TAG_BYTES = 16
+_KEY_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]+")
+
+
+class DecryptionError(Exception):
+    """An encrypted payload this process cannot read. Never handed on as plaintext:
+    a worker fails the workflow task (and retries it) until a worker with the key runs it."""
+
+
+class EncryptionCodec(PayloadCodec):
+    """Encrypts whole payloads (their metadata too) with the current key; decrypts with
+    whichever listed key a payload names. Payloads without the encrypted encoding, written
+    before encryption was turned on, pass through as they are."""
+
+    def __init__(self, keys: Mapping[str, bytes], key_id: str) -> None:
+        self._ciphers = {name: AESGCM(key) for name, key in keys.items()}
+        self.key_id = key_id
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> EncryptionCodec | None:
+        """The codec ENCRYPTION_KEYS and ENCRYPTION_KEY_ID describe, or None when neither
+        is set. Raises ValueError naming the variable; never quotes key material."""
+        env = os.environ if env is None else env
+        keys_text = env.get("ENCRYPTION_KEYS", "").strip()
+        key_id = env.get("ENCRYPTION_KEY_ID", "").strip()
+        if not keys_text:
+            if key_id:
+                raise ValueError(
+                    f"ENCRYPTION_KEY_ID={key_id} is set but ENCRYPTION_KEYS is not: "
+                    "list the keys too (make one with `uv run codec.py new-key`)"
+                )
+            return None
+        keys = parse_keys(keys_text)
+        if not key_id:
+            raise ValueError(
+                "ENCRYPTION_KEYS is set but ENCRYPTION_KEY_ID is not: set it to the key "
+                f"that encrypts new data, one of {', '.join(keys)}"
+            )
+        if key_id not in keys:
+            raise ValueError(
+                f"ENCRYPTION_KEY_ID={key_id} is not among ENCRYPTION_KEYS ({', '.join(keys)})"
+            )
+        return cls(keys, key_id)
+
+    def describe(self) -> str:
+        """One line for a process's start banner."""
+        older = [name for name in self._ciphers if name != self.key_id]
+        also = f"; also decrypts {', '.join(older)}" if older else ""
+        return f"Encryption: AES-256-GCM, new data with key {self.key_id}{also}"
+
+    async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        cipher = self._ciphers[self.key_id]
+        encoded = []
+        for payload in payloads:
+            nonce = secrets.token_bytes(NONCE_BYTES)
+            ciphertext = cipher.encrypt(nonce, payload.SerializeToString(), None)
+            encoded.append(
+                Payload(
+                    metadata={"encoding": ENCODING, KEY_ID: self.key_id.encode()},
+                    data=nonce + ciphertext,
+                )
+            )
+        return encoded
+
+    async def decode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        return [
+            self._decrypt(payload) if payload.metadata.get("encoding") == ENCODING else payload
+            for payload in payloads
+        ]
+
+    def _decrypt(self, payload: Payload) -> Payload:
+        key_id = payload.metadata.get(KEY_ID, b"").decode(errors="replace")
+        cipher = self._ciphers.get(key_id)
+        if cipher is None:
+            raise DecryptionError(
+                f"a payload is encrypted with key '{key_id}', which is not in ENCRYPTION_KEYS "
+                f"(this process has {', '.join(self._ciphers)}): add that key to decrypt it"
+            )
+        data = payload.data
+        try:
+            if len(data) < NONCE_BYTES + TAG_BYTES:
+                raise InvalidTag
+            plaintext = cipher.decrypt(data[:NONCE_BYTES], data[NONCE_BYTES:], None)
+        except InvalidTag:
+            raise DecryptionError(
+                f"a payload encrypted with key '{key_id}' does not decrypt: the key listed "
+                "under that id is not the one that encrypted it, or the payload was altered"
+            ) from None
+        return Payload.FromString(plaintext)
+
+
+def parse_keys(text: str) -> dict[str, bytes]:
+    """`id:base64key[,id:base64key...]` as {id: key}. Errors name the entry, not the key."""
+    keys: dict[str, bytes] = {}
+    for number, entry in enumerate(text.split(","), start=1):
+        key_id, colon, encoded = (part.strip() for part in entry.partition(":"))
+        where = f"ENCRYPTION_KEYS, entry {number}"
+        if not colon or not key_id or not encoded:
+            raise ValueError(f"{where}: expected id:base64key")
+        if not _KEY_ID_PATTERN.fullmatch(key_id):
+            raise ValueError(f"{where}: a key id uses letters, digits, '.', '_' and '-' only")
+        if key_id in keys:
+            raise ValueError(f"{where}: key id {key_id} is listed twice")
+        try:
+            key = base64.b64decode(encoded, validate=True)
+        except binascii.Error:
+            raise ValueError(f"{where} ({key_id}): the key is not valid base64") from None
+        if len(key) != KEY_BYTES:
+            raise ValueError(
+                f"{where} ({key_id}): the key has {len(key)} bytes; AES-256 needs "
+                f"{KEY_BYTES} (make one with `uv run codec.py new-key`)"
+            )
+        keys[key_id] = key
+    return keys
+
+
+def new_key(key_id: str | None = None) -> str:
+    """A new random key as `id:base64key`; the id defaults to today's date and a suffix."""
+    key_id = key_id or f"key-{datetime.now(timezone.utc):%Y%m%d}-{secrets.token_hex(2)}"
+    if not _KEY_ID_PATTERN.fullmatch(key_id):
+        raise ValueError("a key id uses letters, digits, '.', '_' and '-' only")
+    return f"{key_id}:{base64.b64encode(AESGCM.generate_key(bit_length=256)).decode()}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="Keys for the payload codec.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    make = commands.add_parser("new-key", help="print a new random key as id:base64key")
+    make.add_argument("id", nargs="?", help="key id (default: key-YYYYMMDD-xxxx)")
+    args = parser.parse_args()
+    try:
+        entry = new_key(args.id)
+    except ValueError as err:
+        print(f"codec: {err}", file=sys.stderr)
+        return 2
+    key_id = entry.partition(":")[0]
+    print(entry)
+    print(
+        f"In .env: ENCRYPTION_KEYS=<that line> and ENCRYPTION_KEY_ID={key_id}. To rotate, "
+        f"add it to ENCRYPTION_KEYS after a comma, keep the old keys, and set "
+        f"ENCRYPTION_KEY_ID={key_id}.",
+        file=sys.stderr,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,374 @@
+"""Encryption: the Temporal server holds ciphertext only, and our keys read it back.
+
+The codec on its own first (round trip, tampering, rotation, settings), then a whole chat
+with the encryption variables set, read as anyone with access to the server could (a
+client without the codec), replayed, and shown decrypted through the codec server as the
+CLI and the Web UI see it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import sys
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+from unittest import mock
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from conftest import ROOT, approvals_waiting, decide, say, start_session
+from google.protobuf import json_format
+from temporalio import activity
+from temporalio.api.common.v1 import Payload, Payloads
+from temporalio.client import WorkflowUpdateFailedError
+from temporalio.converter import DataConverter, PayloadConverter
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Replayer
+
+from activities import AgentActivities
+from codec import DecryptionError, EncryptionCodec
+from codec_server import build_app
+from dev_server import temporal_binary
+from llm_client import LlmSettings
+from worker import build_worker, connect, data_converter
+from workflow import DurableAgentWorkflow, Plan, PlanRequest, Transcript
+
+SECRET = "swordfish-4711"
+OLD_KEY, NEW_KEY = os.urandom(32), os.urandom(32)
+OLD_KEY_B64 = base64.b64encode(OLD_KEY).decode()
+ENCRYPTION_ENV = {"ENCRYPTION_KEYS": f"old:{OLD_KEY_B64}", "ENCRYPTION_KEY_ID": "old"}
+CODEC = EncryptionCodec({"old": OLD_KEY}, "old")  # what ENCRYPTION_ENV configures
+UI_ORIGIN = "http://localhost:8233"
+TOKEN = "codec-test-token"
+
+
+def secret_payload() -> Payload:
+    return PayloadConverter.default.to_payloads([f"the password is {SECRET}"])[0]
+
+
+# --- The codec ------------------------------------------------------------------------------
+
+
+async def test_an_encrypted_payload_shows_no_plaintext_and_decrypts_to_the_original():
+    [encrypted] = await CODEC.encode([secret_payload()])
+    [decrypted] = await CODEC.decode([encrypted])
+
+    assert encrypted.metadata["encoding"] == b"binary/encrypted"
+    assert encrypted.metadata["encryption-key-id"] == b"old"
+    assert SECRET.encode() not in encrypted.SerializeToString()
+    assert decrypted == secret_payload()
+
+
+TAMPERINGS: dict[str, Callable[[bytes], bytes]] = {
+    "ciphertext-bit-flipped": lambda data: data[:-1] + bytes([data[-1] ^ 1]),
+    "nonce-bit-flipped": lambda data: bytes([data[0] ^ 1]) + data[1:],
+    "truncated": lambda data: data[:20],
+    "emptied": lambda data: b"",
+}
+
+
+@pytest.mark.parametrize("tamper", TAMPERINGS.values(), ids=TAMPERINGS)
+async def test_a_tampered_payload_is_an_error_never_plaintext(tamper: Callable[[bytes], bytes]):
+    [encrypted] = await CODEC.encode([secret_payload()])
+    tampered = Payload(metadata=encrypted.metadata, data=tamper(encrypted.data))
+
+    with pytest.raises(DecryptionError, match="key 'old' does not decrypt"):
+        await CODEC.decode([tampered])
+
+
+async def test_a_wrong_key_under_the_right_id_is_an_error():
+    [encrypted] = await CODEC.encode([secret_payload()])
+
+    with pytest.raises(DecryptionError, match="not the one that encrypted it"):
+        await EncryptionCodec({"old": NEW_KEY}, "old").decode([encrypted])
+
+
+async def test_after_rotation_old_data_still_decrypts_and_new_data_uses_the_new_key():
+    before = EncryptionCodec({"old": OLD_KEY}, "old")
+    after = EncryptionCodec({"old": OLD_KEY, "new": NEW_KEY}, "new")
+    [written_before] = await before.encode([secret_payload()])
+
+    [written_after] = await after.encode([secret_payload()])
+
+    assert await after.decode([written_before, written_after]) == [secret_payload()] * 2
+    assert written_after.metadata["encryption-key-id"] == b"new"
+
+
+async def test_an_unknown_key_id_says_which_key_is_missing():
+    [encrypted] = await CODEC.encode([secret_payload()])
+
+    with pytest.raises(DecryptionError, match=r"key 'old', which is not in ENCRYPTION_KEYS.*new"):
+        await EncryptionCodec({"new": NEW_KEY}, "new").decode([encrypted])
+
+
+async def test_payloads_written_before_encryption_was_on_read_as_they_are():
+    assert await CODEC.decode([secret_payload()]) == [secret_payload()]
+
+
+@pytest.mark.parametrize(
+    ("keys", "key_id", "message"),
+    [
+        ("", "a", "ENCRYPTION_KEY_ID=a is set but ENCRYPTION_KEYS is not"),
+        (f"a:{OLD_KEY_B64}", "", "ENCRYPTION_KEY_ID is not: .* one of a"),
+        (f"a:{OLD_KEY_B64}", "b", r"ENCRYPTION_KEY_ID=b is not among ENCRYPTION_KEYS \(a\)"),
+        ("a:not*base64", "a", r"entry 1 \(a\): the key is not valid base64"),
+        ("a:c2hvcnQ=", "a", "the key has 5 bytes; AES-256 needs 32"),
+        (OLD_KEY_B64, "a", "entry 1: expected id:base64key"),
+        (f"a:{OLD_KEY_B64},a:{OLD_KEY_B64}", "a", "entry 2: key id a is listed twice"),
+        (f"a b:{OLD_KEY_B64}", "a b", "letters, digits"),
+    ],
+)
+def test_bad_settings_are_refused_at_start_with_a_clear_message(
+    keys: str, key_id: str, message: str
+):
+    env = {"ENCRYPTION_KEYS": keys, "ENCRYPTION_KEY_ID": key_id}
+
+    with pytest.raises(ValueError, match=message) as refused:
+        EncryptionCodec.from_env(env)
+
+    assert OLD_KEY_B64 not in str(refused.value)  # no key material in an error message
+
+
+def test_without_the_variables_nothing_changes(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv("ENCRYPTION_KEYS", raising=False)
+    monkeypatch.delenv("ENCRYPTION_KEY_ID", raising=False)
+
+    assert data_converter() is DataConverter.default
+
+
+async def test_the_new_key_command_prints_a_key_the_settings_accept():
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, str(ROOT / "codec.py"), "new-key", "k1", stdout=asyncio.subprocess.PIPE
+    )
+    stdout, _ = await process.communicate()
+    entry = stdout.decode().strip()
+
+    assert process.returncode == 0 and entry.startswith("k1:")
+    assert EncryptionCodec.from_env({"ENCRYPTION_KEYS": entry, "ENCRYPTION_KEY_ID": "k1"})
+
+
+# --- A whole chat, encrypted -------------------------------------------------------------------
+
+
+class ActivitiesThatFailOnRequest(AgentActivities):
+    """The scripted model, except that a message starting "fail:" fails its turn with a
+    message quoting the user's words, as a provider's "bad request" error can."""
+
+    @activity.defn(name="plan_next_action")
+    async def plan_next_action(self, request: PlanRequest) -> Plan:
+        text = request.conversation[-1].content
+        if text.startswith("fail:"):
+            raise ApplicationError(f"cannot answer {text!r}", non_retryable=True)
+        return await super().plan_next_action(request)
+
+
+@dataclass(frozen=True)
+class EncryptedChat:
+    """What the user saw in a chat run with the encryption variables set."""
+
+    workflow_id: str
+    awaiting_approval: str
+    saved: str
+    failure: str
+    transcript: Transcript
+
+
+@pytest.fixture(scope="module")
+async def encrypted_chat(
+    temporal: WorkflowEnvironment, tmp_path_factory: pytest.TempPathFactory
+) -> EncryptedChat:
+    """A note (approved by a person), a failed turn and a goodbye, through a client and an
+    in-process worker that connect as the product does (`worker.connect`) with the
+    encryption variables set."""
+    with mock.patch.dict(os.environ, ENCRYPTION_ENV):
+        client = await connect(address(temporal))
+    task_queue = f"test-{uuid.uuid4()}"
+    notes = tmp_path_factory.mktemp("encrypted") / "notes.jsonl"
+    activities = ActivitiesThatFailOnRequest(LlmSettings(), notes)
+    async with build_worker(client, task_queue, activities, max_cached_workflows=0):
+        handle = await start_session(client, task_queue)
+        turn = asyncio.create_task(say(handle, f"note: the password is {SECRET}"))
+        [waiting] = await approvals_waiting(handle)  # a query: its result is encrypted too
+        await decide(handle, waiting.call_id, approved=True)
+        saved = await turn
+        with pytest.raises(WorkflowUpdateFailedError) as failed:
+            await say(handle, f"fail: the password is {SECRET}")
+        await say(handle, "bye")
+        transcript = await handle.result()
+    assert isinstance(failed.value.cause, ApplicationError)
+    return EncryptedChat(
+        handle.id, waiting.arguments, saved, failed.value.cause.message, transcript
+    )
+
+
+def address(temporal: WorkflowEnvironment) -> str:
+    return temporal.client.service_client.config.target_host
+
+
+async def test_with_encryption_on_the_user_sees_the_chat_as_usual(encrypted_chat: EncryptedChat):
+    assert json.loads(encrypted_chat.awaiting_approval) == {"text": f"the password is {SECRET}"}
+    assert encrypted_chat.saved == f"Saved your note: the password is {SECRET}"
+    assert encrypted_chat.failure == f"cannot answer 'fail: the password is {SECRET}'"
+    assert f"the password is {SECRET}" in encrypted_chat.transcript.messages[0].content
+
+
+async def test_the_server_holds_no_plaintext_of_the_chat_nor_of_its_failure(
+    temporal: WorkflowEnvironment, encrypted_chat: EncryptedChat
+):
+    # Read as anyone with access to the server could: the dev server's own client,
+    # which has the SDK's default data converter, no codec.
+    raw = await temporal.client.get_workflow_handle(encrypted_chat.workflow_id).fetch_history()
+    as_json = raw.to_json()  # failure messages and stack traces are plain strings here
+    payloads = list(payloads_in(json.loads(as_json)))
+
+    failures = [  # the failed activity's and the failed update's
+        failure
+        for event in raw.events
+        for failure in (
+            event.activity_task_failed_event_attributes.failure,
+            event.workflow_execution_update_completed_event_attributes.outcome.failure,
+        )
+        if failure.message
+    ]
+
+    assert SECRET not in as_json
+    assert len(payloads) > 10
+    assert all(p.metadata["encoding"] == b"binary/encrypted" for p in payloads)
+    assert not any(SECRET.encode() in p.data for p in payloads)
+    assert [failure.message for failure in failures] == ["Encoded failure", "Encoded failure"]
+    # The secret is in there for whoever holds the key: in the chat, and in both failures.
+    assert any(SECRET.encode() in p.data for p in await CODEC.decode(payloads))
+    real_failures = await CODEC.decode([failure.encoded_attributes for failure in failures])
+    assert all(SECRET.encode() in attributes.data for attributes in real_failures)
+
+
+async def test_the_encrypted_history_replays_with_the_codec_and_not_without(
+    temporal: WorkflowEnvironment, encrypted_chat: EncryptedChat
+):
+    raw = await temporal.client.get_workflow_handle(encrypted_chat.workflow_id).fetch_history()
+    with mock.patch.dict(os.environ, ENCRYPTION_ENV):
+        converter = data_converter()
+
+    await Replayer(workflows=[DurableAgentWorkflow], data_converter=converter).replay_workflow(raw)
+    with pytest.raises(RuntimeError, match="binary/encrypted"):
+        await Replayer(workflows=[DurableAgentWorkflow]).replay_workflow(raw)
+
+
+async def test_the_cli_shows_the_history_decrypted_through_the_codec_server(
+    temporal: WorkflowEnvironment, encrypted_chat: EncryptedChat
+):
+    show = ["workflow", "show", "--workflow-id", encrypted_chat.workflow_id]
+    show += ["--address", address(temporal)]
+    async with codec_server(token=TOKEN) as server:
+        endpoint = str(server.make_url("")).rstrip("/")
+        decrypted = await temporal_cli(
+            *show, "--codec-endpoint", endpoint, "--codec-auth", f"Bearer {TOKEN}"
+        )
+    encrypted = await temporal_cli(*show)
+
+    assert f"the password is {SECRET}" in decrypted
+    assert SECRET not in encrypted
+
+
+def payloads_in(node: Any) -> Iterator[Payload]:
+    """Every payload in a history's JSON: the objects with an encoding in their metadata."""
+    if isinstance(node, dict):
+        if "encoding" in node.get("metadata", {}):
+            yield json_format.ParseDict(node, Payload())
+        else:
+            for value in node.values():
+                yield from payloads_in(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from payloads_in(value)
+
+
+async def temporal_cli(*args: str) -> str:
+    process = await asyncio.create_subprocess_exec(
+        temporal_binary(), *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 0, stderr.decode()
+    return stdout.decode()
+
+
+# --- The codec server ---------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def codec_server(token: str | None = None) -> AsyncIterator[TestServer]:
+    async with TestServer(build_app(CODEC, UI_ORIGIN, token), host="127.0.0.1") as server:
+        yield server
+
+
+@asynccontextmanager
+async def codec_client(token: str | None = None) -> AsyncIterator[TestClient]:
+    async with codec_server(token) as server, TestClient(server) as client:
+        yield client
+
+
+def body(payloads: list[Payload]) -> str:
+    return json_format.MessageToJson(Payloads(payloads=payloads))
+
+
+JSON = {"Content-Type": "application/json", "X-Namespace": "default"}
+
+
+async def test_the_codec_server_decodes_what_a_worker_encrypted():
+    [encrypted] = await CODEC.encode([secret_payload()])
+
+    paths = ("/decode", "/default/decode")  # the second: --codec-endpoint http://.../{namespace}
+
+    async with codec_client() as http:
+        responses = [await http.post(path, data=body([encrypted]), headers=JSON) for path in paths]
+        decoded = [json_format.Parse(await r.text(), Payloads()) for r in responses]
+
+    assert [response.status for response in responses] == [200, 200]
+    assert [list(payloads.payloads) for payloads in decoded] == [[secret_payload()]] * 2
+
+
+async def test_the_codec_server_answers_the_web_ui_preflight_and_refuses_other_pages():
+    preflight = {
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type,x-namespace",
+    }
+    async with codec_client(token=TOKEN) as http:
+        from_ui = await http.options("/decode", headers={"Origin": UI_ORIGIN, **preflight})
+        elsewhere = await http.options(
+            "/decode", headers={"Origin": "http://evil.test", **preflight}
+        )
+        posted_elsewhere = await http.post(
+            "/decode",
+            data=body([]),
+            headers={**JSON, "Origin": "http://evil.test", "Authorization": f"Bearer {TOKEN}"},
+        )
+
+    assert from_ui.status == 204
+    assert from_ui.headers["Access-Control-Allow-Origin"] == UI_ORIGIN
+    assert "X-Namespace" in from_ui.headers["Access-Control-Allow-Headers"]
+    assert elsewhere.status == 403 and "Access-Control-Allow-Origin" not in elsewhere.headers
+    assert posted_elsewhere.status == 403
+
+
+async def test_the_codec_server_with_a_token_refuses_a_request_without_it():
+    [encrypted] = await CODEC.encode([secret_payload()])
+
+    async with codec_client(token=TOKEN) as http:
+        missing = await http.post("/decode", data=body([encrypted]), headers=JSON)
+        wrong = await http.post(
+            "/decode", data=body([encrypted]), headers={**JSON, "Authorization": "Bearer nope"}
+        )
+        right = await http.post(
+            "/decode", data=body([encrypted]), headers={**JSON, "Authorization": f"Bearer {TOKEN}"}
+        )
+        decoded = json_format.Parse(await right.text(), Payloads())
+
+    assert (missing.status, wrong.status) == (401, 401)
+    assert right.status == 200 and list(decoded.payloads) == [secret_payload()]
