@@ -245,6 +245,7 @@ class Conversation:
         self.stream = stream
         self.first_deltas: list[float] = []
         self.turns = 0
+        self._offset = 0  # The stream offset after the last event watched.
 
     @classmethod
     async def start(
@@ -302,10 +303,13 @@ class Conversation:
         """Watch the turn to its end on the stream; when its first text arrived."""
         first = None
         stream = WorkflowStreamClient.create(self.client, self.handle.id)
-        async for item in stream.subscribe(["delta", "turn"], from_offset=0):
+        topics = ["delta", "retry", "tool", "turn"]  # what the chat client watches
+        async for item in stream.subscribe(topics, from_offset=self._offset):
+            self._offset = item.offset + 1
             if item.data["turn"] != turn:
                 continue
-            first = first or time.perf_counter()
+            if item.topic in ("delta", "turn"):
+                first = first or time.perf_counter()
             if item.topic == "turn":
                 return first
         raise RuntimeError("the stream ended before the turn")

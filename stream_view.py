@@ -38,6 +38,7 @@ class TurnView:
         self._text = ""  # What the latest model step wrote, as shown.
         self._line_open = False
         self._step = -1
+        self._offset = 0  # Where the next turn's events start, as far as this view knows.
         self._watching: asyncio.Task[None] | None = None
 
     def watch(self, turn: str) -> None:
@@ -60,9 +61,12 @@ class TurnView:
         self._end_line()
 
     async def _follow(self, turn: str) -> None:
-        # From offset 0, the oldest event the stream retains (it keeps the last turn and
-        # the current one): a client that attaches mid-turn sees the turn from its start.
-        async for item in self._stream.subscribe(list(EVENTS), from_offset=0):
+        # The first turn a view follows starts at offset 0, the oldest event the stream
+        # retains (the last turn and the current one): a client that attaches mid-turn
+        # sees that turn from its start. Later turns start where the last one ended, so
+        # the first poll waits for this turn's first event instead of reading old ones.
+        async for item in self._stream.subscribe(list(EVENTS), from_offset=self._offset):
+            self._offset = item.offset + 1
             event = EVENTS[item.topic](**item.data)
             if event.turn != turn:
                 continue
