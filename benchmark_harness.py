@@ -29,6 +29,7 @@ from temporalio.contrib.workflow_streams import WorkflowStreamClient
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
 import worker
+from bare_temporal import BareTurnWorkflow
 from dev_server import DEV_SERVER_ARGS, start_dev_server
 from workflow import DurableAgentWorkflow, Message, PlanRequest, SessionInput
 
@@ -145,7 +146,7 @@ class Lab:
         self._external_task_queue = external_task_queue
         self._servers: dict[str, WorkflowEnvironment] = {}
         self._clients: dict[str, Client] = {}
-        self._task_queues: dict[tuple[str, str], str] = {}
+        self._task_queues: dict[Any, str] = {}
         self.processes: list[worker.WorkerProcess] = []
 
     @property
@@ -182,6 +183,27 @@ class Lab:
             await (await self.spawn_worker(task_queue, server, **env)).ready()
             self._task_queues[key] = task_queue
         return self._task_queues[key]
+
+    async def floor_worker(self) -> str | None:
+        """The task queue of the bare-Temporal worker (`bare_temporal.py`), started if
+        need be, on the tuned server; None when the run uses a server of the user's."""
+        if not self.spawns_workers:
+            return None
+        if "floor" not in self._task_queues:
+            client = await self.client()
+            assert client is not None
+            task_queue = f"floor-{uuid.uuid4().hex[:8]}"
+            log = self.workdir / f"floor-{len(self.processes)}.log"
+            address = client.service_client.config.target_host
+            script = Path(__file__).with_name("bare_temporal.py")
+            process = worker.WorkerProcess(address, task_queue, log, {}, script)
+            self.processes.append(process)
+            await process.ready()
+            self._task_queues["floor"] = task_queue
+        return self._task_queues["floor"]
+
+    def worker_process(self, task_queue: str) -> worker.WorkerProcess:
+        return next(p for p in reversed(self.processes) if p.task_queue == task_queue)
 
     async def start_workers(self, configs: Sequence[tuple[str, dict[str, str]]]) -> None:
         """Start the workers sections will ask for side by side: each imports for seconds."""
@@ -232,17 +254,25 @@ class Conversation:
 
     With `stream`, each message asks for its reply to stream, and a subscriber watches
     the turn on the event stream to its end, as the chat client does; `first_deltas`
-    collects the time from sending to the first piece of text.
+    collects the time from sending to the first piece of text. With `bare_activities`,
+    it is the floor instead: a `BareTurnWorkflow` whose turns run that many no-ops.
     """
 
     def __init__(
-        self, report: Report, label: str, client: Client, handle: WorkflowHandle, stream: bool
+        self,
+        report: Report,
+        label: str,
+        client: Client,
+        handle: WorkflowHandle,
+        stream: bool = False,
+        bare_activities: int = 0,
     ):
         self.report = report
         self.label = label
         self.client = client
         self.handle = handle
         self.stream = stream
+        self.bare_activities = bare_activities
         self.first_deltas: list[float] = []
         self.turns = 0
         self._offset = 0  # The stream offset after the last event watched.
@@ -265,15 +295,30 @@ class Conversation:
         )
         return cls(report, label, client, handle, stream)
 
+    @classmethod
+    async def start_floor(
+        cls, report: Report, label: str, client: Client | None, task_queue: str, activities: int
+    ) -> Conversation:
+        assert client is not None
+        handle = await client.start_workflow(
+            BareTurnWorkflow.run, id=f"floor-{label}-{uuid.uuid4().hex[:8]}", task_queue=task_queue
+        )
+        return cls(report, label, client, handle, bare_activities=activities)
+
     async def turn(self, text: str, expect: str | None = None) -> float | None:
         """Send one message; the latency in seconds, or None (and a failure) if it failed."""
         self.turns += 1
         turn_id = str(uuid.uuid4())
         started = time.perf_counter()
         watcher = asyncio.ensure_future(self._first_delta(turn_id)) if self.stream else None
-        update = self.handle.execute_update(
-            DurableAgentWorkflow.send_message, args=[text, self.stream], id=turn_id
-        )
+        if self.bare_activities:
+            update = self.handle.execute_update(
+                BareTurnWorkflow.send_message, self.bare_activities, id=turn_id
+            )
+        else:
+            update = self.handle.execute_update(
+                DurableAgentWorkflow.send_message, args=[text, self.stream], id=turn_id
+            )
         try:
             reply = await asyncio.wait_for(update, TURN_TIMEOUT_S)
             latency = time.perf_counter() - started
@@ -282,7 +327,7 @@ class Conversation:
         except Exception as err:
             self.report.failures.append(f"{self.label}, turn {self.turns}: {err!r}")
             return None
-        if expect is not None and expect not in reply:
+        if expect is not None and expect not in str(reply):
             self.report.failures.append(f"{self.label}, turn {self.turns}: reply {reply!r}")
             return None
         return latency
@@ -351,17 +396,25 @@ async def short_conversations(
     expect: str | None,
     think_s: float = 0.0,
     stream: bool = False,
+    bare_activities: int = 0,
 ) -> tuple[list[float], list[float]]:
     """`count` turns in fresh conversations of ten, each after one unmeasured warm-up turn:
     their latencies and, when streamed, their times to the first piece of text.
 
     A conversation's turns slow down as its context grows (the growth section measures
     that); short conversations keep it out of figures that are about something else.
+    With `bare_activities`, the conversations are the floor's (`bare_temporal.py`).
     """
     latencies: list[float] = []
     first_deltas: list[float] = []
     for first in range(0, count, SHORT_CONVERSATION_TURNS):
-        conversation = await Conversation.start(report, label, client, task_queue, stream)
+        if bare_activities:
+            assert task_queue is not None
+            conversation = await Conversation.start_floor(
+                report, label, client, task_queue, bare_activities
+            )
+        else:
+            conversation = await Conversation.start(report, label, client, task_queue, stream)
         await conversation.turns_of(1, same(text), expect, think_s)
         conversation.first_deltas.clear()
         turns = min(SHORT_CONVERSATION_TURNS, count - first)
@@ -443,6 +496,12 @@ async def in_memory_turns(count: int, text: str) -> list[float]:
         del messages[: plan.context_dropped]
         latencies.append(time.perf_counter() - started)
     return latencies
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used so far, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # --- Where it ran --------------------------------------------------------------------------------

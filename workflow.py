@@ -11,8 +11,6 @@ The dataclasses below are the contract of the event history: every activity inpu
 result is stored there as JSON, so they stay small, typed and stable.
 """
 
-from __future__ import annotations
-
 import asyncio
 import dataclasses
 from collections import deque

@@ -36,6 +36,13 @@ def test_quick_benchmark_runs_every_section_and_writes_its_numbers(tmp_path: Pat
     assert table2["durable, scripted model"]["plain"]["n"] == 3
     assert table2["durable, scripted model"]["tool"]["n"] == 3
     assert table2["in-memory, scripted model"]["plain"]["p50"] > 0
+    assert table2["durable, scripted model, streamed"]["plain"]["n"] == 3
+    floor = "bare Temporal: update + 1 / 3 no-op activities (the floor)"
+    assert table2[floor]["tool"]["n"] == 3
+    assert set(results["sections"]["table2"]["excess"]) == {"plain", "tool"}
+    throughput = results["sections"]["throughput"]["results"]
+    assert {r["system"] for r in throughput} == {"durable agent", "bare Temporal"}
+    assert all(r["worker_cpu_ms_per_turn"] > 0 for r in throughput)
     recovery = results["sections"]["recovery"]
     assert recovery["plan_next_action_runs"] == recovery["turns"]
     assert results["sections"]["long"]["runs"] > 1  # it did continue as new

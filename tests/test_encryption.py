@@ -27,7 +27,8 @@ from google.protobuf import json_format
 from temporalio import activity
 from temporalio.api.common.v1 import Payload, Payloads
 from temporalio.client import WorkflowUpdateFailedError
-from temporalio.converter import DataConverter, PayloadConverter
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.converter import PayloadConverter
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
@@ -140,7 +141,7 @@ def test_without_the_variables_nothing_changes(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.delenv("ENCRYPTION_KEYS", raising=False)
     monkeypatch.delenv("ENCRYPTION_KEY_ID", raising=False)
 
-    assert data_converter() is DataConverter.default
+    assert data_converter() is pydantic_data_converter
 
 
 async def test_the_new_key_command_prints_a_key_the_settings_accept():
