@@ -5,6 +5,7 @@
     uv run start_workflow.py --message "Hi" ...   # send, print each reply, exit 0
     uv run start_workflow.py --session ID --approve [CALL_ID]   # or --deny [CALL_ID]
     uv run start_workflow.py --session ID --end   # end a session, print its transcript
+                                                  # (a subagent's id: print what it did)
     uv run start_workflow.py --embedded ...       # with its own dev server and worker
 
 The client holds no state of its own: the conversation lives in the workflow, so the
@@ -15,6 +16,9 @@ the agent answer it twice.
 A tool call that needs approval waits in the workflow, not here: the interactive chat
 asks `approve? [y/N]`; with `--message` the client says what waits and how to decide it,
 and exits with code 3 (EXIT_AWAITING_APPROVAL) while the turn keeps waiting in Temporal.
+
+A turn that delegates says so on stderr, one line per subagent, with the subagent's
+workflow id: `--session THAT_ID --end` prints the subagent's transcript.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from pathlib import Path
 from dotenv import load_dotenv
 from temporalio.client import (
     Client,
+    WorkflowFailureError,
     WorkflowHandle,
     WorkflowQueryFailedError,
     WorkflowUpdateFailedError,
@@ -54,7 +59,14 @@ from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 
 import worker
-from workflow import DurableAgentWorkflow, PendingApproval, SessionInput, ToolDecision, Transcript
+from workflow import (
+    DurableAgentWorkflow,
+    PendingApproval,
+    SessionInput,
+    Subagent,
+    ToolDecision,
+    Transcript,
+)
 
 UI_PORT = 8233
 # The history service reads its transfer queue (which hands each workflow task that
@@ -170,6 +182,7 @@ async def await_reply(
     """Wait for the reply of the turn `update_id`, resending `request` while Temporal is
     unreachable, and handing each of its tool calls that waits for approval to `approver`."""
     asked: set[str] = set()
+    announced: set[str] = set()
     started = time.monotonic()
     while True:
         attempt = asyncio.ensure_future(request())
@@ -192,7 +205,10 @@ async def await_reply(
                 if waiting:
                     asked.update(p.call_id for p in waiting)
                     await approver(handle, waiting, attempt)
-            return await attempt
+                await announce_subagents(handle, update_id, announced)
+            reply = await attempt
+            await announce_subagents(handle, update_id, announced)  # The quick ones, too.
+            return reply
         except WorkflowUpdateFailedError as err:
             cause = err.cause
             raise ChatError(
@@ -226,6 +242,20 @@ async def _waiting_calls(
     except (RPCError, WorkflowQueryFailedError):
         return []
     return [p for p in pending if update_id in (None, p.turn_update_id)]
+
+
+async def announce_subagents(handle: WorkflowHandle, update_id: str, announced: set[str]) -> None:
+    """One line on stderr for each subagent the turn `update_id` started, once each."""
+    try:
+        subagents: list[Subagent] = await handle.query(
+            DurableAgentWorkflow.subagents, rpc_timeout=timedelta(seconds=1)
+        )
+    except (RPCError, WorkflowQueryFailedError):
+        return  # Nobody can answer now; the reply's own wait says why, if it matters.
+    for subagent in subagents:
+        if subagent.turn_update_id == update_id and subagent.workflow_id not in announced:
+            announced.add(subagent.workflow_id)
+            print(f"delegated to subagent {subagent.workflow_id}: {subagent.task}", file=sys.stderr)
 
 
 async def decide(
@@ -354,6 +384,10 @@ async def end_session(handle: WorkflowHandle) -> Transcript:
         if err.status == RPCStatusCode.NOT_FOUND:
             raise ChatError(f"There is no session {handle.id}.") from None
         raise
+    except WorkflowFailureError as err:  # A subagent that failed, timed out, was cancelled.
+        cause = err.cause
+        why = cause.message if isinstance(cause, FailureError) else str(err)
+        raise ChatError(f"Session {handle.id} ended without a transcript: {why}") from None
 
 
 def print_transcript(transcript: Transcript) -> None:
