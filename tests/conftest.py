@@ -198,6 +198,11 @@ async def until(
         await asyncio.sleep(0.1)
 
 
+async def run_id_is_not(handle: WorkflowHandle, run_id: str) -> bool:
+    """The workflow has continued as new since `run_id`."""
+    return (await handle.describe()).run_id != run_id
+
+
 async def pending_attempt(handle: WorkflowHandle, activity_type: str) -> int:
     """The attempt of a pending (running or backing off) activity of that type, else 0."""
     description = await handle.describe()

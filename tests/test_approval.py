@@ -15,6 +15,7 @@ from conftest import (
     approvals_waiting,
     decide,
     history_events,
+    run_id_is_not,
     say,
     scheduled_activities,
     start_session,
@@ -217,12 +218,8 @@ async def test_no_continue_as_new_while_a_call_waits(
     await decide(handle, waiting.call_id, approved=True)
 
     assert await turn == "Saved your note: stay"
-    await until(lambda: _run_id_is_not(handle, first_run))  # then it hands over
+    await until(lambda: run_id_is_not(handle, first_run))  # then it hands over
     assert saved_notes(notes_file) == ["stay"]
-
-
-async def _run_id_is_not(handle: WorkflowHandle, run_id: str) -> bool:
-    return (await handle.describe()).run_id != run_id
 
 
 async def test_worker_killed_while_a_call_waits_then_a_new_worker_runs_it_once_approved(

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import approvals_waiting, decide, say
-from temporalio.client import WorkflowHandle, WorkflowHistory
+from temporalio.client import Client, WorkflowHandle, WorkflowHistory
 from temporalio.worker import Replayer
 
 from workflow import DurableAgentWorkflow
@@ -26,8 +26,11 @@ async def test_recorded_history_replays_with_the_current_workflow_code(path: Pat
     await Replayer(workflows=[DurableAgentWorkflow]).replay_workflow(history)
 
 
-async def test_fresh_conversation_with_every_kind_of_turn_replays(session: WorkflowHandle):
+async def test_fresh_conversation_with_every_kind_of_turn_replays(
+    client: Client, session: WorkflowHandle
+):
     await say(session, "What is 2 + 2 and 3 * 3?")
+    await say(session, "delegate: What is 6 * 7?; delegate: delegate: What is 1 + 1?")
     await say(session, "hello")
     for text, approved in [("note: replay me", True), ("note: not me", False)]:
         turn = asyncio.create_task(say(session, text))
@@ -37,5 +40,8 @@ async def test_fresh_conversation_with_every_kind_of_turn_replays(session: Workf
     await say(session, "bye")
     await session.result()
 
-    history = await session.fetch_history()
-    await Replayer(workflows=[DurableAgentWorkflow]).replay_workflow(history)
+    replayer = Replayer(workflows=[DurableAgentWorkflow])
+    await replayer.replay_workflow(await session.fetch_history())
+    for subagent in await session.query(DurableAgentWorkflow.subagents):
+        child = client.get_workflow_handle(subagent.workflow_id)
+        await replayer.replay_workflow(await child.fetch_history())
