@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
+from litellm import ModelResponse
 from temporalio.api.enums.v1 import EventType, PendingActivityState
 from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
@@ -108,6 +109,28 @@ async def scheduled_activities(handle: WorkflowHandle) -> list[str]:
         for event in await history_events(handle)
         if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
     ]
+
+
+# --- What a test's own model (a LiteLLM custom provider) replies ---------------------------
+
+
+def asks_for_tools(model: str, calls: list[tuple[str, str]]) -> ModelResponse:
+    """A reply asking for tool calls: (name, arguments as the model wrote them); ids c0, c1…"""
+    tool_calls = [
+        {"id": f"c{i}", "type": "function", "function": {"name": name, "arguments": arguments}}
+        for i, (name, arguments) in enumerate(calls)
+    ]
+    message = {"role": "assistant", "content": None, "tool_calls": tool_calls}
+    return ModelResponse(model=model, choices=[{"message": message}])
+
+
+def says(model: str, text: str) -> ModelResponse:
+    return ModelResponse(model=model, choices=[{"message": {"role": "assistant", "content": text}}])
+
+
+def tool_results(messages: list[dict]) -> str:
+    """Every tool result of the conversation, in order, joined by " | "."""
+    return " | ".join(m["content"] for m in messages if m["role"] == "tool")
 
 
 # --- Processes a test can SIGKILL: workers and a dev server, started as a user would -----

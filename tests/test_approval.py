@@ -13,15 +13,18 @@ import pytest
 from conftest import (
     WorkerProcess,
     approvals_waiting,
+    asks_for_tools,
     decide,
     history_events,
     run_id_is_not,
     say,
+    says,
     scheduled_activities,
     start_session,
+    tool_results,
     until,
 )
-from litellm import CustomLLM, ModelResponse
+from litellm import CustomLLM
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 
@@ -153,15 +156,9 @@ class CalculatorAndNoteModel(CustomLLM):
 
     async def acompletion(self, model: str, messages: list, *args: Any, **kwargs: Any) -> Any:
         if messages[-1]["role"] == "tool":
-            said = " | ".join(m["content"] for m in messages if m["role"] == "tool")
-            return ModelResponse(model=model, choices=[{"message": {"content": said}}])
-        calls = [("calculator", {"expression": "6 * 7"}), ("save_note", {"text": "42"})]
-        tool_calls = [
-            {"id": f"c{i}", "type": "function", "function": {"name": n, "arguments": json.dumps(a)}}
-            for i, (n, a) in enumerate(calls)
-        ]
-        message = {"role": "assistant", "content": None, "tool_calls": tool_calls}
-        return ModelResponse(model=model, choices=[{"message": message}])
+            return says(model, tool_results(messages))
+        calls = [("calculator", '{"expression": "6 * 7"}'), ("save_note", '{"text": "42"}')]
+        return asks_for_tools(model, calls)
 
 
 litellm.custom_provider_map.append(

@@ -9,8 +9,8 @@ from typing import Any
 
 import litellm
 import pytest
-from conftest import history_events, say, start_session
-from litellm import CustomLLM, ModelResponse
+from conftest import asks_for_tools, history_events, say, says, start_session, tool_results
+from litellm import CustomLLM
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowUpdateFailedError
 
@@ -25,26 +25,14 @@ class MisbehavingModel(CustomLLM):
 
     async def acompletion(self, model: str, messages: list, *args: Any, **kwargs: Any) -> Any:
         if messages[-1]["role"] == "tool":
-            seen = " | ".join(m["content"] for m in messages if m["role"] == "tool")
-            choice = {"message": {"role": "assistant", "content": f"tools said: {seen}"}}
-        else:
-            calls = [
-                ("calculator", '{"expression": "2 +'),  # not JSON
-                ("teleport", '{"to": "Mars"}'),  # no such tool
-                ("calculator", "{}"),  # missing argument
-                ("calculator", '{"expression": "1/0"}'),  # the tool's own error
-            ]
-            choice = {
-                "message": {
-                    "role": "assistant",
-                    "content": None,
-                    "tool_calls": [
-                        {"id": f"c{i}", "type": "function", "function": {"name": n, "arguments": a}}
-                        for i, (n, a) in enumerate(calls)
-                    ],
-                }
-            }
-        return ModelResponse(model=model, choices=[choice])
+            return says(model, f"tools said: {tool_results(messages)}")
+        calls = [
+            ("calculator", '{"expression": "2 +'),  # not JSON
+            ("teleport", '{"to": "Mars"}'),  # no such tool
+            ("calculator", "{}"),  # missing argument
+            ("calculator", '{"expression": "1/0"}'),  # the tool's own error
+        ]
+        return asks_for_tools(model, calls)
 
 
 litellm.custom_provider_map.append(

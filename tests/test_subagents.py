@@ -14,11 +14,14 @@ import pytest
 from conftest import (
     WorkerProcess,
     activity_running,
+    asks_for_tools,
     history_events,
     run_id_is_not,
     say,
+    says,
     scheduled_activities,
     start_session,
+    tool_results,
     until,
 )
 from litellm import CustomLLM, ModelResponse
@@ -42,14 +45,21 @@ TWO_TASKS = "delegate: What is 6 * 7?; delegate: What is the weather in Oslo?"
 TWO_ANSWERS = f"6 * 7 = 42; {demo_weather('Oslo')}"
 
 
-async def subagents_of(handle: WorkflowHandle, count: int = 1) -> list[Subagent]:
-    """Wait until the workflow has started `count` subagents; return them, oldest first."""
+async def subagents_at_work(
+    client: Client, handle: WorkflowHandle, text: str = "delegate: What is 6 * 7?"
+) -> tuple[asyncio.Task[str], list[WorkflowHandle]]:
+    """Send `text` and wait until each subagent it starts runs its tool; return the turn
+    (its reply to come) and the subagents."""
+    turn = asyncio.create_task(say(handle, text))
 
     async def started() -> list[Subagent]:
         subagents = await handle.query(DurableAgentWorkflow.subagents)
-        return subagents if len(subagents) >= count else []
+        return subagents if len(subagents) == text.count("delegate:") else []
 
-    return await until(started)  # type: ignore[return-value]
+    children = [client.get_workflow_handle(s.workflow_id) for s in await until(started)]
+    for child in children:
+        await until(lambda child=child: activity_running(child, "execute_tool"))
+    return turn, children
 
 
 async def status_of(client: Client, workflow_id: str) -> WorkflowExecutionStatus | None:
@@ -193,16 +203,11 @@ async def test_a_subagent_cancelled_on_its_own_is_a_tool_error_and_the_chat_goes
 ):
     async with build_worker(client, task_queue, slow_tools, max_cached_workflows=0):
         handle = await start_session(client, task_queue)
-        turn = asyncio.create_task(say(handle, "delegate: What is 6 * 7?"))
-        [subagent] = await subagents_of(handle)
-        child = client.get_workflow_handle(subagent.workflow_id)
-        await until(lambda: activity_running(child, "execute_tool"))
+        turn, [child] = await subagents_at_work(client, handle)
 
         await child.cancel()
 
-        assert await turn == (
-            f"The delegate tool failed. Error: subagent {subagent.workflow_id} was cancelled"
-        )
+        assert await turn == f"The delegate tool failed. Error: subagent {child.id} was cancelled"
         assert await status_of(client, child.id) == WorkflowExecutionStatus.CANCELED
         assert await handle.query(DurableAgentWorkflow.status) == "idle"
 
@@ -214,10 +219,7 @@ async def test_cancelling_the_parent_cancels_its_running_subagent(
 ):
     async with build_worker(client, task_queue, slow_tools, max_cached_workflows=0):
         handle = await start_session(client, task_queue)
-        turn = asyncio.create_task(say(handle, "delegate: What is 6 * 7?"))
-        [subagent] = await subagents_of(handle)
-        child = client.get_workflow_handle(subagent.workflow_id)
-        await until(lambda: activity_running(child, "execute_tool"))
+        turn, [child] = await subagents_at_work(client, handle)
 
         await handle.cancel()
 
@@ -238,10 +240,7 @@ async def test_worker_killed_while_two_subagents_run_both_finish_and_nothing_run
 ):
     slow = await spawn_worker(FAULT_TOOL_DELAY_S="60")
     handle = await start_session(client, task_queue)
-    turn = asyncio.create_task(say(handle, TWO_TASKS))
-    children = [client.get_workflow_handle(s.workflow_id) for s in await subagents_of(handle, 2)]
-    for child in children:
-        await until(lambda child=child: activity_running(child, "execute_tool"))
+    turn, children = await subagents_at_work(client, handle, TWO_TASKS)
 
     slow.kill()
     await spawn_worker()
@@ -298,19 +297,9 @@ class DelegatesWithToolLists(CustomLLM):
         if task != "split it" or messages[-1]["role"] != "user":
             return ModelResponse(model=model, choices=[scripted_reply(messages)])
         asks = ["What is the weather in Oslo?", "What is 2 + 2?"]
-        calls = [
-            {
-                "id": f"d{i}",
-                "type": "function",
-                "function": {
-                    "name": "delegate",
-                    "arguments": json.dumps({"task": ask, "tools": ["weather", "save_note"]}),
-                },
-            }
-            for i, ask in enumerate(asks)
-        ]
-        message = {"role": "assistant", "content": None, "tool_calls": calls}
-        return ModelResponse(model=model, choices=[{"message": message}])
+        given = ["weather", "save_note"]
+        calls = [("delegate", json.dumps({"task": ask, "tools": given})) for ask in asks]
+        return asks_for_tools(model, calls)
 
 
 DELEGATOR = DelegatesWithToolLists()
@@ -348,15 +337,9 @@ class MalformedDelegations(CustomLLM):
 
     async def acompletion(self, model: str, messages: list, *args: Any, **kwargs: Any) -> Any:
         if messages[-1]["role"] == "tool":
-            said = " | ".join(m["content"] for m in messages if m["role"] == "tool")
-            return ModelResponse(model=model, choices=[{"message": {"content": said}}])
+            return says(model, tool_results(messages))
         arguments = ['{"task": "x', '{"tools": ["weather"]}', '{"task": "x", "tools": "weather"}']
-        calls = [
-            {"id": f"m{i}", "type": "function", "function": {"name": "delegate", "arguments": a}}
-            for i, a in enumerate(arguments)
-        ]
-        message = {"role": "assistant", "content": None, "tool_calls": calls}
-        return ModelResponse(model=model, choices=[{"message": message}])
+        return asks_for_tools(model, [("delegate", a) for a in arguments])
 
 
 litellm.custom_provider_map.append(
@@ -389,10 +372,7 @@ async def test_no_continue_as_new_while_a_subagent_runs(
             client, task_queue, SessionInput(continue_as_new_after_events=10)
         )
         first_run = (await handle.describe()).run_id
-        turn = asyncio.create_task(say(handle, "delegate: What is 6 * 7?"))
-        [subagent] = await subagents_of(handle)
-        child = client.get_workflow_handle(subagent.workflow_id)
-        await until(lambda: activity_running(child, "execute_tool"))
+        turn, [child] = await subagents_at_work(client, handle)
 
         description = await handle.describe()
         assert description.history_length > 10  # over the threshold, yet the same run waits
