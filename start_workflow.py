@@ -36,6 +36,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from datetime import timedelta
 from pathlib import Path
+from typing import TypeVar
 
 from dotenv import load_dotenv
 from temporalio.client import (
@@ -63,11 +64,11 @@ from workflow import (
     DurableAgentWorkflow,
     PendingApproval,
     SessionInput,
-    Subagent,
     ToolDecision,
     Transcript,
 )
 
+T = TypeVar("T")
 UI_PORT = 8233
 # The history service reads its transfer queue (which hands each workflow task that
 # follows an activity to matching) at most 20 times a second per shard by default, and
@@ -233,29 +234,28 @@ async def await_reply(
 async def _waiting_calls(
     handle: WorkflowHandle, update_id: str | None = None
 ) -> list[PendingApproval]:
-    """Calls (of the turn `update_id`, if given) that wait for a decision; none if nobody
-    can answer now (a query needs a running worker: the reply's own wait reports that)."""
-    try:
-        pending = await handle.query(
-            DurableAgentWorkflow.pending_approvals, rpc_timeout=timedelta(seconds=1)
-        )
-    except (RPCError, WorkflowQueryFailedError):
-        return []
+    """Calls (of the turn `update_id`, if given) that wait for a decision."""
+    pending = await _list_or_nothing(handle, DurableAgentWorkflow.pending_approvals)
     return [p for p in pending if update_id in (None, p.turn_update_id)]
 
 
 async def announce_subagents(handle: WorkflowHandle, update_id: str, announced: set[str]) -> None:
     """One line on stderr for each subagent the turn `update_id` started, once each."""
-    try:
-        subagents: list[Subagent] = await handle.query(
-            DurableAgentWorkflow.subagents, rpc_timeout=timedelta(seconds=1)
-        )
-    except (RPCError, WorkflowQueryFailedError):
-        return  # Nobody can answer now; the reply's own wait says why, if it matters.
-    for subagent in subagents:
+    for subagent in await _list_or_nothing(handle, DurableAgentWorkflow.subagents):
         if subagent.turn_update_id == update_id and subagent.workflow_id not in announced:
             announced.add(subagent.workflow_id)
             print(f"delegated to subagent {subagent.workflow_id}: {subagent.task}", file=sys.stderr)
+
+
+async def _list_or_nothing(
+    handle: WorkflowHandle, query: Callable[[DurableAgentWorkflow], list[T]]
+) -> list[T]:
+    """What a list query answers, or nothing if nobody can answer now (a query needs a
+    running worker: the reply's own wait reports that)."""
+    try:
+        return await handle.query(query, rpc_timeout=timedelta(seconds=1))
+    except (RPCError, WorkflowQueryFailedError):
+        return []
 
 
 async def decide(
@@ -384,7 +384,7 @@ async def end_session(handle: WorkflowHandle) -> Transcript:
         if err.status == RPCStatusCode.NOT_FOUND:
             raise ChatError(f"There is no session {handle.id}.") from None
         raise
-    except WorkflowFailureError as err:  # A subagent that failed, timed out, was cancelled.
+    except WorkflowFailureError as err:  # It failed, timed out or was cancelled (a subagent).
         cause = err.cause
         why = cause.message if isinstance(cause, FailureError) else str(err)
         raise ChatError(f"Session {handle.id} ended without a transcript: {why}") from None
