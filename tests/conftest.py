@@ -11,8 +11,9 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
+import litellm
 import pytest
-from litellm import ModelResponse
+from litellm import CustomLLM, ModelResponse
 from temporalio.api.enums.v1 import EventType, PendingActivityState
 from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
@@ -131,6 +132,26 @@ def says(model: str, text: str) -> ModelResponse:
 def tool_results(messages: list[dict]) -> str:
     """Every tool result of the conversation, in order, joined by " | "."""
     return " | ".join(m["content"] for m in messages if m["role"] == "tool")
+
+
+class AsksForTools(CustomLLM):
+    """A test's model: asks for `calls` (name, arguments as written) in one reply, then
+    answers with what the tools returned, joined by " | "."""
+
+    def __init__(self, calls: list[tuple[str, str]]) -> None:
+        super().__init__()
+        self.calls = calls
+
+    async def acompletion(self, model: str, messages: list, *args: object, **kwargs: object):
+        if messages[-1]["role"] == "tool":
+            return says(model, tool_results(messages))
+        return asks_for_tools(model, self.calls)
+
+
+def registered(provider: str, model: CustomLLM) -> LlmSettings:
+    """Settings for a test's model, registered with LiteLLM as `provider`."""
+    litellm.custom_provider_map.append({"provider": provider, "custom_handler": model})
+    return LlmSettings(model=f"{provider}/model")
 
 
 # --- Processes a test can SIGKILL: workers and a dev server, started as a user would -----

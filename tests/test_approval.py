@@ -6,25 +6,21 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
-import litellm
 import pytest
 from conftest import (
+    AsksForTools,
     WorkerProcess,
     approvals_waiting,
-    asks_for_tools,
     decide,
     history_events,
+    registered,
     run_id_is_not,
     say,
-    says,
     scheduled_activities,
     start_session,
-    tool_results,
     until,
 )
-from litellm import CustomLLM
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 
@@ -151,25 +147,16 @@ async def test_two_waiting_calls_decided_in_reverse_order_each_get_their_own_out
     ]
 
 
-class CalculatorAndNoteModel(CustomLLM):
-    """Asks for a sum and a note in one reply, then repeats what the tools said."""
-
-    async def acompletion(self, model: str, messages: list, *args: Any, **kwargs: Any) -> Any:
-        if messages[-1]["role"] == "tool":
-            return says(model, tool_results(messages))
-        calls = [("calculator", '{"expression": "6 * 7"}'), ("save_note", '{"text": "42"}')]
-        return asks_for_tools(model, calls)
-
-
-litellm.custom_provider_map.append(
-    {"provider": "mixed", "custom_handler": CalculatorAndNoteModel()}
+CALCULATOR_AND_NOTE = registered(
+    "mixed",
+    AsksForTools([("calculator", '{"expression": "6 * 7"}'), ("save_note", '{"text": "42"}')]),
 )
 
 
 async def test_ungated_calls_of_the_same_reply_run_while_a_gated_one_waits(
     client: Client, task_queue: str, notes_file: Path
 ):
-    activities = AgentActivities(LlmSettings(model="mixed/model"), notes_file)
+    activities = AgentActivities(CALCULATOR_AND_NOTE, notes_file)
     async with build_worker(client, task_queue, activities, max_cached_workflows=0):
         handle = await start_session(client, task_queue)
         turn = asyncio.create_task(say(handle, "sum and note"))

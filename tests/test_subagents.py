@@ -12,16 +12,16 @@ from typing import Any
 import litellm
 import pytest
 from conftest import (
+    AsksForTools,
     WorkerProcess,
     activity_running,
     asks_for_tools,
     history_events,
+    registered,
     run_id_is_not,
     say,
-    says,
     scheduled_activities,
     start_session,
-    tool_results,
     until,
 )
 from litellm import CustomLLM, ModelResponse
@@ -162,13 +162,13 @@ class RefusesSubagents(CustomLLM):
         return ModelResponse(model=model, choices=[scripted_reply(messages)])
 
 
-litellm.custom_provider_map.append({"provider": "refuses", "custom_handler": RefusesSubagents()})
+REFUSES_SUBAGENTS = registered("refuses", RefusesSubagents())
 
 
 async def test_a_failing_subagent_is_a_tool_error_the_model_answers_from(
     client: Client, task_queue: str, notes_file: Path
 ):
-    activities = AgentActivities(LlmSettings(model="refuses/subagents"), notes_file)
+    activities = AgentActivities(REFUSES_SUBAGENTS, notes_file)
     async with build_worker(client, task_queue, activities, max_cached_workflows=0):
         handle = await start_session(client, task_queue)
         reply = await say(handle, "delegate: What is 6 * 7?")
@@ -303,14 +303,14 @@ class DelegatesWithToolLists(CustomLLM):
 
 
 DELEGATOR = DelegatesWithToolLists()
-litellm.custom_provider_map.append({"provider": "delegator", "custom_handler": DELEGATOR})
+DELEGATES_WITH_TOOL_LISTS = registered("delegator", DELEGATOR)
 
 
 async def test_a_subagent_gets_only_tools_its_parent_has_and_it_was_given(
     client: Client, task_queue: str, notes_file: Path
 ):
     DELEGATOR.offered.clear()
-    activities = AgentActivities(LlmSettings(model="delegator/model"), notes_file)
+    activities = AgentActivities(DELEGATES_WITH_TOOL_LISTS, notes_file)
     async with build_worker(client, task_queue, activities, max_cached_workflows=0):
         parent_tools = SessionInput(tools=["calculator", "weather"])
         handle = await start_session(client, task_queue, parent_tools)
@@ -332,25 +332,15 @@ async def test_a_subagent_gets_only_tools_its_parent_has_and_it_was_given(
     assert weather.task == "What is the weather in Oslo?"
 
 
-class MalformedDelegations(CustomLLM):
-    """Asks for three delegations the workflow must refuse, then repeats what it got."""
-
-    async def acompletion(self, model: str, messages: list, *args: Any, **kwargs: Any) -> Any:
-        if messages[-1]["role"] == "tool":
-            return says(model, tool_results(messages))
-        arguments = ['{"task": "x', '{"tools": ["weather"]}', '{"task": "x", "tools": "weather"}']
-        return asks_for_tools(model, [("delegate", a) for a in arguments])
-
-
-litellm.custom_provider_map.append(
-    {"provider": "malformed", "custom_handler": MalformedDelegations()}
-)
+# Three delegations the workflow must refuse: not JSON, no task, tools not a list.
+MALFORMED = ['{"task": "x', '{"tools": ["weather"]}', '{"task": "x", "tools": "weather"}']
+DELEGATES_BADLY = registered("malformed", AsksForTools([("delegate", a) for a in MALFORMED]))
 
 
 async def test_malformed_delegations_are_tool_errors_and_start_no_subagent(
     client: Client, task_queue: str, notes_file: Path
 ):
-    activities = AgentActivities(LlmSettings(model="malformed/model"), notes_file)
+    activities = AgentActivities(DELEGATES_BADLY, notes_file)
     async with build_worker(client, task_queue, activities, max_cached_workflows=0):
         handle = await start_session(client, task_queue)
         reply = await say(handle, "delegate badly")
