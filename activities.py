@@ -158,6 +158,8 @@ class AgentActivities:
             for tool in self._tools.values()
             if request.tools is None or tool.name in request.tools
         ]
+        if request.can_delegate:  # The workflow runs it, as a child workflow.
+            offered.append(llm_client.DELEGATE_SCHEMA)
         try:
             self._faults.before_model_call()
             plan = await _heartbeating(self._plan(request, offered))

@@ -30,12 +30,13 @@ from litellm import CustomLLM
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from scripted_model import SCRIPTED_MODEL, ScriptedModel
-from workflow import Message, Plan, ToolCall
+from workflow import DELEGATE_TOOL, MAX_MESSAGE_CHARS, Message, Plan, ToolCall
 
 SYSTEM_PROMPT = (
     "You are a helpful assistant in a durable chat. Use the tools when they help: "
     "calculator for arithmetic, weather for the (demo) weather, save_note to remember "
-    "something for the user. When the user says goodbye, call end_chat."
+    "something for the user, delegate (if offered) to hand a self-contained task to a "
+    "subagent. When the user says goodbye, call end_chat."
 )
 
 DEFAULT_CONTEXT_TOKENS = 8_000
@@ -281,6 +282,36 @@ END_CHAT_SCHEMA = {
         },
     },
 }
+
+
+DELEGATE_SCHEMA = {
+    "type": "function",
+    "function": {
+        "name": DELEGATE_TOOL,
+        "description": (
+            "Hand a self-contained task to a subagent, which works on it with its own tools "
+            "and returns its final answer. Several delegate calls in one reply run in parallel."
+        ),
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "task": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": MAX_MESSAGE_CHARS,
+                    "description": "The whole task: the subagent sees nothing else.",
+                },
+                "tools": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "description": "Tools the subagent may use (default: all of yours).",
+                },
+            },
+            "required": ["task"],
+        },
+    },
+}
+"""Offered while the workflow allows delegation; the workflow, not `execute_tool`, runs it."""
 
 
 def plan_from_reply(reply: litellm.Message) -> Plan:

@@ -21,6 +21,8 @@ from litellm.types.utils import GenericStreamingChunk
 
 SCRIPTED_MODEL = "scripted/agent"
 
+_DELEGATE = re.compile(r"^\s*delegate:\s*(?P<tasks>.+)$", re.IGNORECASE | re.DOTALL)
+_NEXT_TASK = re.compile(r";\s*delegate:\s*", re.IGNORECASE)
 _GOODBYE = re.compile(r"\b(bye|goodbye)\b", re.IGNORECASE)
 _NOTE = re.compile(r"^\s*(?:note:|remember)\s*(?P<text>.+)$", re.IGNORECASE | re.DOTALL)
 _CITIES = re.compile(r"weather (?:in|for) ([A-Za-z][A-Za-z ,.'-]*)", re.IGNORECASE)
@@ -34,7 +36,8 @@ class ScriptedModel(CustomLLM):
     """A deterministic offline model that speaks the OpenAI tool-calling protocol.
 
     An arithmetic question calls `calculator`, "weather in <city>" calls `weather`,
-    "note: <text>" or "remember <text>" calls `save_note`, "bye" calls `end_chat`;
+    "note: <text>" or "remember <text>" calls `save_note`, "bye" calls `end_chat`,
+    "delegate: <task>" calls `delegate` ("delegate: A; delegate: B": two calls at once);
     after tool results it answers from them. Anything else gets a short reply saying
     this is the scripted model.
     """
@@ -116,6 +119,9 @@ def scripted_reply(messages: list[dict[str, Any]]) -> dict[str, Any]:
         return _say(_summarise_tool_results(messages))
     text = str(last.get("content") or "")
     step = len(messages)
+    if delegation := _DELEGATE.match(text):
+        tasks = [task.strip() for task in _NEXT_TASK.split(delegation["tasks"])]
+        return _call(step, [("delegate", {"task": task}) for task in tasks if task])
     if note := _NOTE.match(text):
         return _call(step, [("save_note", {"text": note["text"].strip()})])
     if _GOODBYE.search(text):
@@ -127,7 +133,8 @@ def scripted_reply(messages: list[dict[str, Any]]) -> dict[str, Any]:
         return _call(step, [("calculator", {"expression": e}) for e in sums])
     return _say(
         "I am the scripted offline model. I can do arithmetic ('What is 25 * 4?'), "
-        "demo weather ('weather in Paris'), notes ('note: buy milk') and 'bye'. "
+        "demo weather ('weather in Paris'), notes ('note: buy milk'), subagents "
+        "('delegate: What is 6 * 7?') and 'bye'. "
         "Set LLM_MODEL in .env to talk to a real model."
     )
 

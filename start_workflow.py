@@ -5,6 +5,7 @@
     uv run start_workflow.py --message "Hi" ...   # send, print each reply, exit 0
     uv run start_workflow.py --session ID --approve [CALL_ID]   # or --deny [CALL_ID]
     uv run start_workflow.py --session ID --end   # end a session, print its transcript
+                                                  # (a subagent's id: print what it did)
     uv run start_workflow.py --embedded ...       # with its own dev server and worker
 
 The client holds no state of its own: the conversation lives in the workflow, so the
@@ -15,6 +16,9 @@ the agent answer it twice.
 A tool call that needs approval waits in the workflow, not here: the interactive chat
 asks `approve? [y/N]`; with `--message` the client says what waits and how to decide it,
 and exits with code 3 (EXIT_AWAITING_APPROVAL) while the turn keeps waiting in Temporal.
+
+A turn that delegates says so on stderr, one line per subagent, with the subagent's
+workflow id: `--session THAT_ID --end` prints the subagent's transcript.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from typing import Any, TypeVar
 from dotenv import load_dotenv
 from temporalio.client import (
     Client,
+    WorkflowFailureError,
     WorkflowHandle,
     WorkflowQueryFailedError,
     WorkflowUpdateFailedError,
@@ -55,6 +60,7 @@ from dev_server import NoTemporalBinary, port_is_free, start_dev_server
 from stream_view import TurnView
 from workflow import DurableAgentWorkflow, PendingApproval, SessionInput, ToolDecision, Transcript
 
+T = TypeVar("T")
 UI_PORT = 8233
 T = TypeVar("T")
 WAITING_NOTICE_AFTER_S = 5.0
@@ -154,6 +160,7 @@ async def _reply(
     approver: Approver,
 ) -> str:
     asked: set[str] = set()
+    announced: set[str] = set()
     started = time.monotonic()
     while True:
         attempt = asyncio.ensure_future(request())
@@ -176,7 +183,10 @@ async def _reply(
                 if waiting:
                     asked.update(p.call_id for p in waiting)
                     await approver(handle, waiting, attempt)
-            return await attempt
+                await announce_subagents(handle, update_id, announced)
+            reply = await attempt
+            await announce_subagents(handle, update_id, announced)  # The quick ones, too.
+            return reply
         except WorkflowUpdateFailedError as err:
             cause = err.cause
             raise ChatError(
@@ -202,6 +212,14 @@ async def _waiting_calls(handle: WorkflowHandle, update_id: str) -> list[Pending
     """The calls of the turn `update_id` that wait for a decision."""
     pending = await _quick_query(handle, DurableAgentWorkflow.pending_approvals, [])
     return [p for p in pending if p.turn_update_id == update_id]
+
+
+async def announce_subagents(handle: WorkflowHandle, update_id: str, announced: set[str]) -> None:
+    """One line on stderr for each subagent the turn `update_id` started, once each."""
+    for subagent in await _quick_query(handle, DurableAgentWorkflow.subagents, []):
+        if subagent.turn_update_id == update_id and subagent.workflow_id not in announced:
+            announced.add(subagent.workflow_id)
+            print(f"delegated to subagent {subagent.workflow_id}: {subagent.task}", file=sys.stderr)
 
 
 async def _quick_query(handle: WorkflowHandle, query: Any, default: T) -> T:
@@ -342,6 +360,10 @@ async def end_session(handle: WorkflowHandle) -> Transcript:
         if err.status == RPCStatusCode.NOT_FOUND:
             raise ChatError(f"There is no session {handle.id}.") from None
         raise
+    except WorkflowFailureError as err:  # It failed, timed out or was cancelled (a subagent).
+        cause = err.cause
+        why = cause.message if isinstance(cause, FailureError) else str(err)
+        raise ChatError(f"Session {handle.id} ended without a transcript: {why}") from None
 
 
 def print_transcript(transcript: Transcript) -> None:

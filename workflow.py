@@ -13,6 +13,7 @@ result is stored there as JSON, so they stay small, typed and stable.
 
 import asyncio
 import dataclasses
+import json
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -21,7 +22,14 @@ from typing import Literal
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.contrib.workflow_streams import WorkflowStream, WorkflowStreamState
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    ChildWorkflowError,
+    FailureError,
+    WorkflowAlreadyStartedError,
+    is_cancelled_exception,
+)
 from temporalio.exceptions import TimeoutError as ActivityTimeoutError
 
 MAX_MESSAGE_CHARS = 8_000
@@ -62,6 +70,13 @@ TOOL_OPTIONS = {
         maximum_interval=timedelta(seconds=60),
     ),
 }
+
+# Subagents: a `delegate` call runs this same loop on a task, as a child workflow.
+DELEGATE_TOOL = "delegate"
+MAX_DELEGATION_DEPTH = 1
+"""How deep delegation goes: 1 lets a conversation delegate, and its subagents not."""
+SUBAGENT_TIMEOUT_S = 600.0
+"""A subagent's execution timeout; past it, the model gets a tool error instead of an answer."""
 
 
 @dataclass(frozen=True)
@@ -137,11 +152,13 @@ class DeltaTarget:
 @dataclass(frozen=True)
 class PlanRequest:
     """Input of `plan_next_action`. `tools` None offers every tool the worker has;
-    `stream_to` None: nobody watches this turn's text arrive, so it is not streamed."""
+    `stream_to` None: nobody watches this turn's text arrive, so it is not streamed;
+    `can_delegate` adds the `delegate` tool, which the workflow runs itself."""
 
     conversation: list[Message]
     tools: list[str] | None = None
     stream_to: DeltaTarget | None = None
+    can_delegate: bool = False
 
 
 @dataclass(frozen=True)
@@ -172,6 +189,12 @@ class SessionInput:
     """Messages of this conversation no longer held: past the context budget."""
     stream: WorkflowStreamState | None = None
     """The event stream's retained items and offsets, carried over from the previous run."""
+    task: str | None = None
+    """Set for a subagent: its parent's task, its only message; it ends once answered."""
+    depth: int = 0
+    """Delegations above this agent: 0 for a conversation, 1 for its subagents."""
+    max_delegation_depth: int = MAX_DELEGATION_DEPTH
+    subagent_timeout_s: float = SUBAGENT_TIMEOUT_S
 
 
 @dataclass(frozen=True)
@@ -185,6 +208,19 @@ class Transcript:
     messages: list[Message]
     ended: bool
     earlier_messages: int = 0
+
+
+@dataclass(frozen=True)
+class Subagent:
+    """A child workflow started by a `delegate` call, as the `subagents` query shows it.
+
+    `turn_update_id` is the `send_message` update whose turn delegated (empty in a
+    subagent), so a client can say which subagents its message started.
+    """
+
+    workflow_id: str
+    task: str
+    turn_update_id: str
 
 
 Status = Literal["idle", "working", "awaiting_approval", "ended"]
@@ -278,9 +314,12 @@ class DurableAgentWorkflow:
         self._decisions: dict[str, ToolDecision] = {}
         self._stream = WorkflowStream(session.stream)
         self._last_turn_offset = 0
+        self._subagents: list[Subagent] = []
 
     @workflow.run
     async def run(self, session: SessionInput) -> Transcript:
+        if session.task is not None:  # A subagent: one task, no chat.
+            return await self._answer_task(session.task)
         # Messages are answered one at a time, in the order their updates were accepted.
         while not self._ended:
             # Between turns: hand over to a fresh run before the history grows large.
@@ -325,6 +364,8 @@ class DurableAgentWorkflow:
     @send_message.validator
     def _validate_message(self, text: str, stream: bool = False) -> None:
         # Runs before the update is written to history: a rejection leaves no trace.
+        if self._session.task is not None:
+            raise ValueError("This is a subagent: it answers its parent's task, not messages.")
         if self._ended:
             raise ValueError("This chat has ended. Start a new session to keep talking.")
         if not text.strip():
@@ -388,6 +429,11 @@ class DurableAgentWorkflow:
         that reattaches follows that turn on the stream."""
         return self._turn.update_id if self._working else None
 
+    @workflow.query
+    def subagents(self) -> list[Subagent]:
+        """Child workflows this run started, oldest first: what a client shows, one a line."""
+        return list(self._subagents)
+
     async def _answer(self, text: str) -> _Outcome:
         """Run one turn; if it fails, undo it so the model never sees half a turn."""
         turn_start = len(self._messages)
@@ -395,6 +441,8 @@ class DurableAgentWorkflow:
         try:
             final = await self._agent_loop()
         except ActivityError as err:
+            if is_cancelled_exception(err):
+                raise  # The workflow is being cancelled, not the turn failing: end cancelled.
             del self._messages[turn_start:]
             return _Outcome(error=_explain(err))
         # Forget what no longer fits the model's context: the state stays bounded.
@@ -409,7 +457,12 @@ class DurableAgentWorkflow:
             stream_to = DeltaTarget(self._turn.update_id, step) if self._turn.stream else None
             plan = await workflow.execute_activity(
                 "plan_next_action",
-                PlanRequest(self._messages, self._session.tools, stream_to),
+                PlanRequest(
+                    self._messages,
+                    self._session.tools,
+                    stream_to=stream_to,
+                    can_delegate=self._may_delegate(),
+                ),
                 result_type=Plan,
                 **PLAN_OPTIONS,
             )
@@ -435,13 +488,19 @@ class DurableAgentWorkflow:
 
     async def _run_tool(self, call: ToolCall) -> ToolResult:
         """Run one tool call, after a person approves it if the worker's policy says so."""
+        offered = self._session.tools
+        if call.name != DELEGATE_TOOL and offered is not None and call.name not in offered:
+            return _tool_error(call, f"{call.name} is not one of this agent's tools")
         if call.needs_approval and (refusal := await self._approval(call)):
             self._publish_tool(call, "finished", "not run")
             return refusal
         self._publish_tool(call, "started")
-        result = await workflow.execute_activity(
-            "execute_tool", call, result_type=ToolResult, **TOOL_OPTIONS
-        )
+        if call.name == DELEGATE_TOOL:
+            result = await self._delegate(call)
+        else:
+            result = await workflow.execute_activity(
+                "execute_tool", call, result_type=ToolResult, **TOOL_OPTIONS
+            )
         self._publish_tool(call, "finished", "error" if result.is_error else "ok")
         return result
 
@@ -449,6 +508,8 @@ class DurableAgentWorkflow:
         """Wait, durably, for a decision on `call`: None if approved, else what the model
         sees instead of a tool result. The wait is a condition (and, with an expiry, a
         timer) in the history: it costs nothing and survives crashes and restarts."""
+        if self._session.task is not None:  # Nobody watches a subagent to decide.
+            return _not_run(call, "a subagent cannot ask for approval; the parent agent can")
         now, timeout_s = workflow.now(), call.approval_timeout_s
         self._decisions.pop(call.id, None)  # Models may reuse a call id in a later turn.
         expires_at = now + timedelta(seconds=timeout_s) if timeout_s else None
@@ -477,6 +538,84 @@ class DurableAgentWorkflow:
         if decision.approved:
             return None
         return _not_run(call, f"the user denied it ({decision.reason or 'no reason given'})")
+
+    async def _answer_task(self, task: str) -> Transcript:
+        """A subagent's whole run: one turn on its parent's task, then it ends. A failed
+        turn fails the child workflow, so the parent's model reads why as a tool error."""
+        self._working = True
+        outcome = await self._answer(task)
+        self._working, self._ended = False, True
+        if outcome.error:
+            raise ApplicationError(outcome.error, type="SubagentFailed", non_retryable=True)
+        return self._transcript()
+
+    async def _delegate(self, call: ToolCall) -> ToolResult:
+        """Run a `delegate` call as a child workflow: this loop on the task, with its own
+        history. Its answer is the tool result; if it has none, the model reads why."""
+        if not self._may_delegate():
+            limit = self._session.max_delegation_depth
+            return _tool_error(call, f"this agent may not delegate (depth limit {limit})")
+        try:
+            task, tools = _delegation(call.arguments)
+        except ValueError as problem:
+            return _tool_error(call, str(problem))
+        child = Subagent(self._subagent_id(call), task, self._turn.update_id)
+        self._subagents.append(child)
+        try:
+            transcript = await workflow.execute_child_workflow(
+                DurableAgentWorkflow.run,
+                self._subagent_input(task, tools),
+                id=child.workflow_id,
+                execution_timeout=timedelta(seconds=self._session.subagent_timeout_s),
+                # Cancelling this workflow cancels the child through this await. If it
+                # closes with no chance to (terminated, timed out), the server asks each
+                # running child to cancel: it stops at its next step, its history says
+                # why. TERMINATE would give it no such chance; ABANDON would leave it
+                # spending model calls on an answer nobody waits for.
+                parent_close_policy=workflow.ParentClosePolicy.REQUEST_CANCEL,
+            )
+        except (ChildWorkflowError, WorkflowAlreadyStartedError) as err:
+            # If this workflow is cancelled, the child is cancelled with it and this turns
+            # into a tool result, but the gather in `_agent_loop` still re-raises the
+            # cancellation: the turn does not go on.
+            return _tool_error(call, self._subagent_failure(child.workflow_id, err))
+        return ToolResult(call.id, call.name, transcript.messages[-1].content)
+
+    def _may_delegate(self) -> bool:
+        return self._session.depth < self._session.max_delegation_depth
+
+    def _subagent_id(self, call: ToolCall) -> str:
+        # A call id may repeat in a later turn (the scripted model numbers calls by message
+        # count), so the message's place in the whole conversation comes first. Both are in
+        # the history: the id is the same on replay and after continue-as-new. No "/": the
+        # Web UI has a history of failing to open workflow ids that contain one.
+        place = self._earlier_messages + len(self._messages)
+        return f"{workflow.info().workflow_id}-delegate-{place}-{call.id}"
+
+    def _subagent_input(self, task: str, tools: list[str] | None) -> SessionInput:
+        """The child's session: the task, one level deeper, never a tool this agent lacks."""
+        allowed = self._session.tools
+        if tools is not None:
+            allowed = [name for name in dict.fromkeys(tools) if allowed is None or name in allowed]
+        return dataclasses.replace(
+            self._session,
+            task=task,
+            depth=self._session.depth + 1,
+            tools=allowed,
+            messages=[],
+            earlier_messages=0,
+        )
+
+    def _subagent_failure(self, child_id: str, err: Exception) -> str:
+        """What the model reads when a subagent has no answer."""
+        cause = err.cause if isinstance(err, ChildWorkflowError) else err
+        if isinstance(cause, ActivityTimeoutError):  # The child's own execution timeout.
+            timeout_s = self._session.subagent_timeout_s
+            return f"subagent {child_id} did not finish within {timeout_s:g} s"
+        if is_cancelled_exception(err):
+            return f"subagent {child_id} was cancelled"
+        detail = cause.message if isinstance(cause, FailureError) else str(err)
+        return f"subagent {child_id} failed: {detail}"
 
     # --- The event stream ---------------------------------------------------------------
 
@@ -538,6 +677,28 @@ def _not_run(call: ToolCall, why: str) -> ToolResult:
     """The result the model sees for a call that was denied or expired: not an error of
     the turn, just a fact it can answer from."""
     return ToolResult(call.id, call.name, f"Not run: {why}.")
+
+
+def _tool_error(call: ToolCall, why: str) -> ToolResult:
+    return ToolResult(call.id, call.name, why, is_error=True)
+
+
+def _delegation(arguments: str) -> tuple[str, list[str] | None]:
+    """The task and tool names of a `delegate` call, or a ValueError the model reads. No
+    activity runs `delegate`, so no schema validator checks it: these lines do."""
+    try:
+        given = json.loads(arguments or "{}")
+    except json.JSONDecodeError as err:
+        raise ValueError(f"the arguments are not valid JSON ({err.msg})") from None
+    given = given if isinstance(given, dict) else {}
+    task, tools = given.get("task"), given.get("tools")
+    if not isinstance(task, str) or not 0 < len(task.strip()) <= MAX_MESSAGE_CHARS:
+        raise ValueError(f"the task must be a text of 1 to {MAX_MESSAGE_CHARS} characters")
+    if tools is not None and not (
+        isinstance(tools, list) and all(isinstance(name, str) for name in tools)
+    ):
+        raise ValueError("tools must be a list of tool names")
+    return task, tools
 
 
 def _observation(result: ToolResult) -> str:

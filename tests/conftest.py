@@ -11,7 +11,9 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
+import litellm
 import pytest
+from litellm import CustomLLM, ModelResponse
 from temporalio.api.enums.v1 import EventType, PendingActivityState
 from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
@@ -130,6 +132,48 @@ async def scheduled_activities(handle: WorkflowHandle) -> list[str]:
     ]
 
 
+# --- What a test's own model (a LiteLLM custom provider) replies ---------------------------
+
+
+def asks_for_tools(model: str, calls: list[tuple[str, str]]) -> ModelResponse:
+    """A reply asking for tool calls: (name, arguments as the model wrote them); ids c0, c1…"""
+    tool_calls = [
+        {"id": f"c{i}", "type": "function", "function": {"name": name, "arguments": arguments}}
+        for i, (name, arguments) in enumerate(calls)
+    ]
+    message = {"role": "assistant", "content": None, "tool_calls": tool_calls}
+    return ModelResponse(model=model, choices=[{"message": message}])
+
+
+def says(model: str, text: str) -> ModelResponse:
+    return ModelResponse(model=model, choices=[{"message": {"role": "assistant", "content": text}}])
+
+
+def tool_results(messages: list[dict]) -> str:
+    """Every tool result of the conversation, in order, joined by " | "."""
+    return " | ".join(m["content"] for m in messages if m["role"] == "tool")
+
+
+class AsksForTools(CustomLLM):
+    """A test's model: asks for `calls` (name, arguments as written) in one reply, then
+    answers with what the tools returned, joined by " | "."""
+
+    def __init__(self, calls: list[tuple[str, str]]) -> None:
+        super().__init__()
+        self.calls = calls
+
+    async def acompletion(self, model: str, messages: list, *args: object, **kwargs: object):
+        if messages[-1]["role"] == "tool":
+            return says(model, tool_results(messages))
+        return asks_for_tools(model, self.calls)
+
+
+def registered(provider: str, model: CustomLLM) -> LlmSettings:
+    """Settings for a test's model, registered with LiteLLM as `provider`."""
+    litellm.custom_provider_map.append({"provider": provider, "custom_handler": model})
+    return LlmSettings(model=f"{provider}/model")
+
+
 # --- Processes a test can SIGKILL: workers and a dev server, started as a user would -----
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -216,6 +260,11 @@ async def until(
             return value
         assert loop.time() < deadline, f"gave up waiting after {timeout_s} s"
         await asyncio.sleep(0.1)
+
+
+async def run_id_is_not(handle: WorkflowHandle, run_id: str) -> bool:
+    """The workflow has continued as new since `run_id`."""
+    return (await handle.describe()).run_id != run_id
 
 
 async def pending_attempt(handle: WorkflowHandle, activity_type: str) -> int:

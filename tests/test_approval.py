@@ -6,21 +6,21 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
-import litellm
 import pytest
 from conftest import (
+    AsksForTools,
     WorkerProcess,
     approvals_waiting,
     decide,
     history_events,
+    registered,
+    run_id_is_not,
     say,
     scheduled_activities,
     start_session,
     until,
 )
-from litellm import CustomLLM, ModelResponse
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 
@@ -147,31 +147,16 @@ async def test_two_waiting_calls_decided_in_reverse_order_each_get_their_own_out
     ]
 
 
-class CalculatorAndNoteModel(CustomLLM):
-    """Asks for a sum and a note in one reply, then repeats what the tools said."""
-
-    async def acompletion(self, model: str, messages: list, *args: Any, **kwargs: Any) -> Any:
-        if messages[-1]["role"] == "tool":
-            said = " | ".join(m["content"] for m in messages if m["role"] == "tool")
-            return ModelResponse(model=model, choices=[{"message": {"content": said}}])
-        calls = [("calculator", {"expression": "6 * 7"}), ("save_note", {"text": "42"})]
-        tool_calls = [
-            {"id": f"c{i}", "type": "function", "function": {"name": n, "arguments": json.dumps(a)}}
-            for i, (n, a) in enumerate(calls)
-        ]
-        message = {"role": "assistant", "content": None, "tool_calls": tool_calls}
-        return ModelResponse(model=model, choices=[{"message": message}])
-
-
-litellm.custom_provider_map.append(
-    {"provider": "mixed", "custom_handler": CalculatorAndNoteModel()}
+CALCULATOR_AND_NOTE = registered(
+    "mixed",
+    AsksForTools([("calculator", '{"expression": "6 * 7"}'), ("save_note", '{"text": "42"}')]),
 )
 
 
 async def test_ungated_calls_of_the_same_reply_run_while_a_gated_one_waits(
     client: Client, task_queue: str, notes_file: Path
 ):
-    activities = AgentActivities(LlmSettings(model="mixed/model"), notes_file)
+    activities = AgentActivities(CALCULATOR_AND_NOTE, notes_file)
     async with build_worker(client, task_queue, activities, max_cached_workflows=0):
         handle = await start_session(client, task_queue)
         turn = asyncio.create_task(say(handle, "sum and note"))
@@ -217,12 +202,8 @@ async def test_no_continue_as_new_while_a_call_waits(
     await decide(handle, waiting.call_id, approved=True)
 
     assert await turn == "Saved your note: stay"
-    await until(lambda: _run_id_is_not(handle, first_run))  # then it hands over
+    await until(lambda: run_id_is_not(handle, first_run))  # then it hands over
     assert saved_notes(notes_file) == ["stay"]
-
-
-async def _run_id_is_not(handle: WorkflowHandle, run_id: str) -> bool:
-    return (await handle.describe()).run_id != run_id
 
 
 async def test_worker_killed_while_a_call_waits_then_a_new_worker_runs_it_once_approved(

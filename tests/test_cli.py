@@ -61,6 +61,25 @@ async def test_message_flags_print_one_reply_per_line_and_the_session_continues(
     assert "you> hello" in ended.stdout and "agent> 25 * 4 = 100" in ended.stdout
 
 
+async def test_delegation_prints_one_line_per_subagent_whose_transcript_end_prints(
+    client: Client, task_queue: str, worker: object
+):
+    where = ["--address", client.service_client.config.target_host, "--task-queue", task_queue]
+    session = f"cli-{task_queue}"
+    two_tasks = "delegate: What is 6 * 7?; delegate: What is 2 + 2?"
+
+    delegated = await chat(*where, "--session", session, "--message", two_tasks)
+    first, second = await client.get_workflow_handle(session).query(DurableAgentWorkflow.subagents)
+    child = await chat(*where, "--session", first.workflow_id, "--end")
+
+    assert delegated.returncode == 0, delegated.stderr
+    assert delegated.stdout == "6 * 7 = 42; 2 + 2 = 4\n"  # stdout: replies only
+    assert f"delegated to subagent {first.workflow_id}: What is 6 * 7?\n" in delegated.stderr
+    assert f"delegated to subagent {second.workflow_id}: What is 2 + 2?\n" in delegated.stderr
+    assert child.returncode == 0, child.stderr
+    assert child.stdout == "--- transcript ---\nyou> What is 6 * 7?\nagent> 6 * 7 = 42\n"
+
+
 async def test_a_script_stops_with_code_3_at_a_waiting_call_and_approve_prints_the_reply(
     client: Client, task_queue: str, worker: object, notes_file: Path
 ):

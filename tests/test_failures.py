@@ -9,8 +9,7 @@ from typing import Any
 
 import litellm
 import pytest
-from conftest import history_events, say, start_session
-from litellm import CustomLLM, ModelResponse
+from conftest import AsksForTools, history_events, registered, say, start_session
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowUpdateFailedError
 
@@ -19,43 +18,24 @@ from llm_client import LlmSettings
 from worker import build_worker
 from workflow import DurableAgentWorkflow
 
-
-class MisbehavingModel(CustomLLM):
-    """A provider whose model emits broken tool calls, then repeats what the tools said."""
-
-    async def acompletion(self, model: str, messages: list, *args: Any, **kwargs: Any) -> Any:
-        if messages[-1]["role"] == "tool":
-            seen = " | ".join(m["content"] for m in messages if m["role"] == "tool")
-            choice = {"message": {"role": "assistant", "content": f"tools said: {seen}"}}
-        else:
-            calls = [
-                ("calculator", '{"expression": "2 +'),  # not JSON
-                ("teleport", '{"to": "Mars"}'),  # no such tool
-                ("calculator", "{}"),  # missing argument
-                ("calculator", '{"expression": "1/0"}'),  # the tool's own error
-            ]
-            choice = {
-                "message": {
-                    "role": "assistant",
-                    "content": None,
-                    "tool_calls": [
-                        {"id": f"c{i}", "type": "function", "function": {"name": n, "arguments": a}}
-                        for i, (n, a) in enumerate(calls)
-                    ],
-                }
-            }
-        return ModelResponse(model=model, choices=[choice])
-
-
-litellm.custom_provider_map.append(
-    {"provider": "misbehaving", "custom_handler": MisbehavingModel()}
+# A model that emits broken tool calls, then repeats what the tools said.
+MISBEHAVING = registered(
+    "misbehaving",
+    AsksForTools(
+        [
+            ("calculator", '{"expression": "2 +'),  # not JSON
+            ("teleport", '{"to": "Mars"}'),  # no such tool
+            ("calculator", "{}"),  # missing argument
+            ("calculator", '{"expression": "1/0"}'),  # the tool's own error
+        ]
+    ),
 )
 
 
 async def test_malformed_and_failing_tool_calls_are_shown_to_the_model_not_retried(
     client: Client, task_queue: str, notes_file: Path
 ):
-    activities = AgentActivities(LlmSettings(model="misbehaving/model"), notes_file)
+    activities = AgentActivities(MISBEHAVING, notes_file)
     async with build_worker(client, task_queue, activities, max_cached_workflows=0):
         handle = await start_session(client, task_queue)
         reply = await say(handle, "do things")

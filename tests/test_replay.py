@@ -8,11 +8,12 @@ with `uv run temporal workflow show --workflow-id ID --output json > tests/histo
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import pytest
 from conftest import approvals_waiting, decide, say
-from temporalio.client import WorkflowHandle, WorkflowHistory
+from temporalio.client import Client, WorkflowHandle, WorkflowHistory
 from temporalio.worker import Replayer
 
 from worker import data_converter
@@ -23,12 +24,18 @@ HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
 
 @pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])
 async def test_recorded_history_replays_with_the_current_workflow_code(path: Path):
-    history = WorkflowHistory.from_json("recorded", path.read_text())
+    text = path.read_text()
+    # Under the id it ran with: a subagent's workflow id is derived from its parent's.
+    started = json.loads(text)["events"][0]["workflowExecutionStartedEventAttributes"]
+    history = WorkflowHistory.from_json(started.get("workflowId", "recorded"), text)
     await replayer().replay_workflow(history)
 
 
-async def test_fresh_conversation_with_every_kind_of_turn_replays(session: WorkflowHandle):
+async def test_fresh_conversation_with_every_kind_of_turn_replays(
+    client: Client, session: WorkflowHandle
+):
     await say(session, "What is 2 + 2 and 3 * 3?")
+    await say(session, "delegate: What is 6 * 7?; delegate: delegate: What is 1 + 1?")
     await say(session, "hello")
     for text, approved in [("note: replay me", True), ("note: not me", False)]:
         turn = asyncio.create_task(say(session, text))
@@ -38,8 +45,10 @@ async def test_fresh_conversation_with_every_kind_of_turn_replays(session: Workf
     await say(session, "bye")
     await session.result()
 
-    history = await session.fetch_history()
-    await replayer().replay_workflow(history)
+    await replayer().replay_workflow(await session.fetch_history())
+    for subagent in await session.query(DurableAgentWorkflow.subagents):
+        child = client.get_workflow_handle(subagent.workflow_id)
+        await replayer().replay_workflow(await child.fetch_history())
 
 
 def replayer() -> Replayer:
