@@ -40,8 +40,8 @@ from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 import llm_client
 import tools
+from contract import Plan, PlanRequest, RetryNotice, TextDelta, ToolCall, ToolResult
 from llm_client import LlmSettings, env_number
-from workflow import Plan, PlanRequest, RetryNotice, TextDelta, ToolCall, ToolResult
 
 HEARTBEAT_EVERY_S = 1.0
 DELTA_BATCH = timedelta(milliseconds=100)

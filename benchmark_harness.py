@@ -30,8 +30,9 @@ from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
 import worker
 from bare_temporal import BareTurnWorkflow
+from contract import Message, PlanRequest, SessionInput
 from dev_server import DEV_SERVER_ARGS, start_dev_server
-from workflow import DurableAgentWorkflow, Message, PlanRequest, SessionInput
+from workflow import DurableAgentWorkflow
 
 TURN_TIMEOUT_S = 60  # a turn that takes longer is a failure, not a hung benchmark
 SHORT_CONVERSATION_TURNS = 10

@@ -29,8 +29,9 @@ import litellm
 from litellm import CustomLLM
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
+from contract import Message, Plan, ToolCall
 from scripted_model import SCRIPTED_MODEL, ScriptedModel
-from workflow import DELEGATE_TOOL, MAX_MESSAGE_CHARS, Message, Plan, ToolCall
+from workflow import DELEGATE_TOOL, MAX_MESSAGE_CHARS
 
 SYSTEM_PROMPT = (
     "You are a helpful assistant in a durable chat. Use the tools when they help: "

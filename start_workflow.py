@@ -56,9 +56,10 @@ from temporalio.runtime import (
 from temporalio.service import RPCError, RPCStatusCode
 
 import worker
+from contract import PendingApproval, SessionInput, ToolDecision, Transcript
 from dev_server import NoTemporalBinary, port_is_free, start_dev_server
 from stream_view import TurnView
-from workflow import DurableAgentWorkflow, PendingApproval, SessionInput, ToolDecision, Transcript
+from workflow import DurableAgentWorkflow
 
 T = TypeVar("T")
 UI_PORT = 8233

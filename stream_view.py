@@ -16,7 +16,7 @@ from typing import Any, TextIO
 from temporalio.client import Client
 from temporalio.contrib.workflow_streams import WorkflowStreamClient
 
-from workflow import RetryNotice, TextDelta, ToolEvent, TurnEvent
+from contract import RetryNotice, TextDelta, ToolEvent, TurnEvent
 
 EVENTS: dict[str, type] = {
     "delta": TextDelta,

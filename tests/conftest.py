@@ -23,10 +23,11 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 from openai_server import OpenAIServer
 
 from activities import AgentActivities
+from contract import PendingApproval, SessionInput, ToolDecision
 from dev_server import DEV_SERVER_ARGS, start_dev_server, temporal_binary
 from llm_client import LlmSettings
 from worker import WorkerProcess, build_worker, connect
-from workflow import DurableAgentWorkflow, PendingApproval, SessionInput, ToolDecision
+from workflow import DurableAgentWorkflow
 
 
 @pytest.fixture(scope="session")

@@ -25,10 +25,11 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 
 from activities import AgentActivities
+from contract import SessionInput
 from llm_client import LlmSettings
 from tools import ApprovalPolicy, registry
 from worker import build_worker
-from workflow import DurableAgentWorkflow, SessionInput
+from workflow import DurableAgentWorkflow
 
 
 def saved_notes(notes_file: Path) -> list[str]:

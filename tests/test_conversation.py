@@ -9,7 +9,8 @@ from conftest import history_events, say, scheduled_activities, start_session
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 
-from workflow import MAX_MESSAGE_CHARS, DurableAgentWorkflow, SessionInput
+from contract import SessionInput
+from workflow import MAX_MESSAGE_CHARS, DurableAgentWorkflow
 
 
 async def test_multi_turn_conversation_keeps_every_message_in_order(session: WorkflowHandle):

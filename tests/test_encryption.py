@@ -36,10 +36,11 @@ from temporalio.worker import Replayer
 from activities import AgentActivities
 from codec import DecryptionError, EncryptionCodec
 from codec_server import build_app
+from contract import Plan, PlanRequest, Transcript
 from dev_server import temporal_binary
 from llm_client import LlmSettings
 from worker import build_worker, connect, data_converter
-from workflow import DurableAgentWorkflow, Plan, PlanRequest, Transcript
+from workflow import DurableAgentWorkflow
 
 SECRET = "swordfish-4711"
 OLD_KEY, NEW_KEY = os.urandom(32), os.urandom(32)

@@ -13,10 +13,11 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.worker import Replayer
 
 from activities import MAX_TOOL_RESULT_CHARS, AgentActivities, truncated
+from contract import SessionInput
 from llm_client import LlmSettings, oldest_turns_over_budget
 from tools import ApprovalPolicy
 from worker import build_worker
-from workflow import DurableAgentWorkflow, SessionInput
+from workflow import DurableAgentWorkflow
 
 
 def _turn(n: int) -> list[dict]:

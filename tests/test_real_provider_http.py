@@ -19,9 +19,9 @@ from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 import llm_client
 import tools
 from activities import AgentActivities
+from contract import Message, ToolCall
 from llm_client import LlmSettings
 from worker import build_worker, configured_activities
-from workflow import Message, ToolCall
 
 API_KEY = "sk-test-SECRET-1234567890abcdef"
 TIMEOUT_S = 1.0

@@ -14,9 +14,10 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.contrib.workflow_streams import WorkflowStreamClient, WorkflowStreamItem
 
 from activities import AgentActivities, Faults
+from contract import SessionInput
 from llm_client import LlmSettings
 from worker import build_worker
-from workflow import DurableAgentWorkflow, SessionInput
+from workflow import DurableAgentWorkflow
 
 TOPICS = ["delta", "retry", "tool", "approval", "turn"]
 

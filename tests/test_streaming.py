@@ -14,9 +14,9 @@ from litellm import CustomLLM, ModelResponse
 
 import llm_client
 import tools
+from contract import Message
 from llm_client import LlmSettings
 from scripted_model import SCRIPTED_MODEL
-from workflow import Message
 
 
 class NonStreamingModel(CustomLLM):

@@ -34,11 +34,12 @@ from temporalio.client import (
 )
 
 from activities import AgentActivities, Faults
+from contract import SessionInput, Subagent
 from llm_client import LlmSettings
 from scripted_model import scripted_reply
 from tools import demo_weather
 from worker import build_worker
-from workflow import DurableAgentWorkflow, SessionInput, Subagent
+from workflow import DurableAgentWorkflow
 
 SpawnWorker = Callable[..., Awaitable[WorkerProcess]]
 TWO_TASKS = "delegate: What is 6 * 7?; delegate: What is the weather in Oslo?"

@@ -11,9 +11,9 @@ import pytest
 from temporalio.testing import ActivityEnvironment
 
 from activities import AgentActivities
+from contract import ToolCall
 from llm_client import LlmSettings
 from tools import ToolError, calculate, demo_weather
-from workflow import ToolCall
 
 
 @pytest.mark.parametrize(
