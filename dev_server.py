@@ -44,7 +44,8 @@ async def start_dev_server(
     extra_args: list[str] = DEV_SERVER_ARGS, ui_port: int | None = None
 ) -> WorkflowEnvironment:
     """A dev server on a free port, in a child process; its banner kept off stdout."""
-    with _stdout_to_stderr():  # stdout is for replies (and benchmark tables) only.
+    # stdout is for replies (and benchmark tables) only.
+    with _stdout_to_stderr(), _without_trace_settings():
         return await WorkflowEnvironment.start_local(
             dev_server_existing_path=temporal_binary(),
             ui=ui_port is not None,
@@ -64,6 +65,18 @@ def _stdout_to_stderr() -> Iterator[None]:
     finally:
         os.dup2(saved, 1)
         os.close(saved)
+
+
+@contextmanager
+def _without_trace_settings() -> Iterator[None]:
+    """Hide this process's OTEL_* variables from a server it starts: they say how our
+    processes trace (tracing.py), but the server reads them too, would export its own
+    spans, and refuses to start with OTEL_TRACES_EXPORTER=console."""
+    hidden = {name: os.environ.pop(name) for name in list(os.environ) if name.startswith("OTEL_")}
+    try:
+        yield
+    finally:
+        os.environ.update(hidden)
 
 
 def main() -> None:

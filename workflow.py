@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections import deque
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Literal
@@ -25,6 +26,12 @@ from temporalio.common import RetryPolicy
 from temporalio.contrib.workflow_streams import WorkflowStream, WorkflowStreamState
 from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.exceptions import TimeoutError as ActivityTimeoutError
+
+with workflow.unsafe.imports_passed_through():
+    # OpenTelemetry's API: a no-op unless the worker traces (tracing.py), which it then
+    # does with the SDK's replay-safe tracer provider, safe to open spans with here.
+    from opentelemetry import context as otel_context
+    from opentelemetry import trace
 
 MAX_MESSAGE_CHARS = 8_000
 """Longest user message accepted; longer ones are rejected before they reach history."""
@@ -172,6 +179,8 @@ class SessionInput:
     """The context window carried over from the previous run."""
     earlier_messages: int = 0
     """Messages of this conversation no longer held: past the context budget."""
+    earlier_turns: int = 0
+    """Turns of this conversation answered by earlier runs: traces number turns from there."""
     stream: WorkflowStreamState | None = None
     """The event stream's retained items and offsets, carried over from the previous run."""
 
@@ -253,6 +262,8 @@ class _Inbound:
     text: str
     update_id: str = ""
     stream: bool = False
+    trace_context: otel_context.Context | None = None
+    """Where the message's update sits in a trace: its turn's span goes under it."""
 
 
 @dataclass(frozen=True)
@@ -293,7 +304,10 @@ class DurableAgentWorkflow:
                 break
             message = self._inbox.popleft()
             self._working, self._turn = True, message
-            outcome = await self._answer(message.text)
+            with self._turn_span(message) as span:
+                outcome = await self._answer(message.text)
+                if outcome.error:
+                    span.set_status(trace.StatusCode.ERROR)
             self._outcomes[message.number] = outcome
             self._working = False
             self._publish("turn", TurnEvent(message.update_id, outcome.reply, outcome.error))
@@ -316,7 +330,10 @@ class DurableAgentWorkflow:
         self._received += 1
         number = self._received
         update = workflow.current_update_info()
-        self._inbox.append(_Inbound(number, text, update.id if update else "", stream))
+        trace_context = otel_context.get_current()  # the update's span, if the worker traces
+        self._inbox.append(
+            _Inbound(number, text, update.id if update else "", stream, trace_context)
+        )
         await workflow.wait_condition(lambda: number in self._outcomes)
         outcome = self._outcomes.pop(number)
         if outcome.error:
@@ -389,6 +406,22 @@ class DurableAgentWorkflow:
         """The `send_message` update id of the turn being answered, if any: a client
         that reattaches follows that turn on the stream."""
         return self._turn.update_id if self._working else None
+
+    def _turn_span(self, message: _Inbound) -> AbstractContextManager[trace.Span]:
+        """The turn as a span, `agent.turn`, under the update that asked for it; the model
+        calls and tools of the turn go under it. No message text: content stays in the
+        activities' spans, where the worker's OTEL_INCLUDE_CONTENT decides.
+
+        Replay runs this again, but the tracer provider the worker installs only exports a
+        span whose end runs for real, with the ids it had when it started (tracing.py).
+        """
+        attributes = {
+            "gen_ai.conversation.id": workflow.info().workflow_id,
+            "agent.turn.number": self._session.earlier_turns + message.number,
+        }
+        return trace.get_tracer(__name__).start_as_current_span(
+            "agent.turn", context=message.trace_context, attributes=attributes
+        )
 
     async def _answer(self, text: str) -> _Outcome:
         """Run one turn; if it fails, undo it so the model never sees half a turn."""
@@ -529,6 +562,7 @@ class DurableAgentWorkflow:
             self._session,
             messages=self._messages,
             earlier_messages=self._earlier_messages,
+            earlier_turns=self._session.earlier_turns + self._received,
             stream=self._stream.get_state(),
         )
 
