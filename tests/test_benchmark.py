@@ -16,8 +16,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_quick_benchmark_runs_every_section_and_writes_its_numbers(tmp_path: Path):
     results_file = tmp_path / "results.json"
-    # No real model and no server of the user's, whatever .env says.
-    env = {**os.environ, "LLM_MODEL": "", "TEMPORAL_ADDRESS": ""}
+    # No real model, no server and no keys of the user's, whatever .env says: the benchmark
+    # turns encryption on for a row of its own.
+    env = {
+        **os.environ,
+        "LLM_MODEL": "",
+        "TEMPORAL_ADDRESS": "",
+        "ENCRYPTION_KEYS": "",
+        "ENCRYPTION_KEY_ID": "",
+    }
     command = ["performance_benchmark.py", "--quick", "--iterations", "3", "--json", results_file]
     run = subprocess.run(
         [sys.executable, *command],
@@ -36,6 +43,8 @@ def test_quick_benchmark_runs_every_section_and_writes_its_numbers(tmp_path: Pat
     assert table2["durable, scripted model"]["plain"]["n"] == 3
     assert table2["durable, scripted model"]["tool"]["n"] == 3
     assert table2["in-memory, scripted model"]["plain"]["p50"] > 0
+    for switched_on in ("traces on", "encryption on"):
+        assert table2[f"durable, scripted model, {switched_on}"]["tool"]["n"] == 3
     recovery = results["sections"]["recovery"]
     assert recovery["plan_next_action_runs"] == recovery["turns"]
     assert results["sections"]["long"]["runs"] > 1  # it did continue as new
