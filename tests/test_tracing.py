@@ -9,9 +9,7 @@ history: a replayed span that was exported again would show up as a duplicate.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -22,7 +20,7 @@ from unittest import mock
 
 import litellm
 import pytest
-from conftest import ROOT, Deltas, say, scheduled_activities, start_session
+from conftest import Deltas, chat_client, say, scheduled_activities, start_session
 from openai_server import USAGE, OpenAIServer, Scripted, failure
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
@@ -375,23 +373,14 @@ def test_content_is_in_spans_only_with_otel_include_content():
 async def test_the_chat_client_traces_to_stderr_and_its_trace_goes_on_in_the_worker(
     traced: Client, task_queue: str, notes_file: Path, exporter: InMemorySpanExporter
 ):
-    address = traced.service_client.config.target_host
-    env = {**os.environ, "OTEL_TRACES_EXPORTER": "console", "OTEL_SERVICE_NAME": "chat-test"}
+    where = ["--address", traced.service_client.config.target_host, "--task-queue", task_queue]
+    env = {"OTEL_TRACES_EXPORTER": "console", "OTEL_SERVICE_NAME": "chat-test"}
     async with traced_worker(traced, task_queue, AgentActivities(LlmSettings(), notes_file)):
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            str(ROOT / "start_workflow.py"),
-            *("--address", address, "--task-queue", task_queue, "--message", QUESTION),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=env,
-            cwd=ROOT,
-        )
-        stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
+        run = await chat_client(*where, "--message", QUESTION, env=env)
 
-    assert process.returncode == 0, stderr.decode()
-    assert stdout.decode() == f"{REPLY}\n"  # the reply alone: spans never go to stdout
-    client_spans = [json.loads(s) for s in console_spans(stderr.decode())]
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == f"{REPLY}\n"  # the reply alone: spans never go to stdout
+    client_spans = [json.loads(s) for s in console_spans(run.stderr)]
     [update] = [s for s in client_spans if s["name"] == "StartWorkflowUpdate:send_message"]
     assert update["resource"]["attributes"]["service.name"] == "chat-test"
     [turn] = named(list(exporter.get_finished_spans()), "agent.turn")
