@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import jsonschema
+from opentelemetry import trace
 from temporalio import activity
 from temporalio.contrib.workflow_streams import WorkflowStreamClient
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
@@ -126,8 +127,13 @@ class AgentActivities:
         notes_file: Path,
         faults: Faults | None = None,
         approvals: tools.ApprovalPolicy | None = None,
+        *,
+        trace_content: bool = False,
     ) -> None:
+        """`trace_content`: message text, tool arguments and results go into the spans too
+        (OTEL_INCLUDE_CONTENT=1); otherwise spans carry names, counts and outcomes only."""
         self._llm = llm
+        self._trace_content = trace_content
         self._faults = faults or Faults()
         self._notes_file = notes_file
         self._tools = tools.registry(notes_file)
@@ -143,6 +149,8 @@ class AgentActivities:
         lines = [f"Model: {model}", f"Notes file: {self._notes_file}", self._approvals.describe()]
         switches = self._faults.describe()
         lines += [f"Fault switch on: {line}" for line in switches] or ["Fault switches: none"]
+        if self._trace_content:
+            lines.append("Traces include messages, tool arguments, results (OTEL_INCLUDE_CONTENT)")
         return "\n".join(lines)
 
     async def warm_up(self) -> None:
@@ -189,8 +197,9 @@ class AgentActivities:
         the text that the failed attempt had already streamed.
         """
         target = request.stream_to
+        traced = {"attempt": activity.info().attempt, "trace_content": self._trace_content}
         if target is None:
-            return await llm_client.plan(self._llm, request.conversation, offered)
+            return await llm_client.plan(self._llm, request.conversation, offered, **traced)
         stream = WorkflowStreamClient.from_within_activity(batch_interval=DELTA_BATCH)
         async with stream:  # Flushes what is left before the activity completes.
             if (attempt := activity.info().attempt) > 1:
@@ -201,7 +210,9 @@ class AgentActivities:
             async def publish(text: str) -> None:
                 deltas.publish(TextDelta(target.turn, target.step, text))
 
-            return await llm_client.plan(self._llm, request.conversation, offered, on_text=publish)
+            return await llm_client.plan(
+                self._llm, request.conversation, offered, on_text=publish, **traced
+            )
 
     def _stamped(self, call: ToolCall) -> ToolCall:
         """The call with this worker's approval policy on it, recorded in the history."""
@@ -214,6 +225,11 @@ class AgentActivities:
     @activity.defn
     async def execute_tool(self, call: ToolCall) -> ToolResult:
         """Run one tool call; expected failures become a result the model can act on."""
+        # This attempt's span (the tracing plugin's) says which tool ran, and how it went.
+        span = trace.get_current_span()
+        span.set_attributes({"gen_ai.tool.name": call.name, "gen_ai.tool.call.id": call.id})
+        if self._trace_content:
+            span.set_attribute("gen_ai.tool.call.arguments", call.arguments)
         await self._faults.before_tool_call()
         try:
             result = ToolResult(call.id, call.name, truncated(self._run_tool(call)))
@@ -221,6 +237,9 @@ class AgentActivities:
             result = ToolResult(call.id, call.name, truncated(str(err)), is_error=True)
         outcome = "error" if result.is_error else "ok"
         activity.logger.info("execute_tool %s -> %s", call.name, outcome)
+        span.set_attribute("agent.tool.outcome", outcome)
+        if self._trace_content:
+            span.set_attribute("gen_ai.tool.call.result", result.content)
         return result
 
     def _run_tool(self, call: ToolCall) -> str:

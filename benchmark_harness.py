@@ -37,8 +37,10 @@ from workflow import DurableAgentWorkflow
 TURN_TIMEOUT_S = 60  # a turn that takes longer is a failure, not a hung benchmark
 SHORT_CONVERSATION_TURNS = 10
 
-# Workers started here run the scripted model with no fault switch, whatever .env says.
+# Workers started here run the scripted model with no fault switch and no traces, whatever
+# .env says (a Table 2 row turns traces on for its own worker).
 SCRIPTED_WORKER_ENV = {
+    "OTEL_TRACES_EXPORTER": "none",
     "LLM_MODEL": "",
     "LLM_CONTEXT_TOKENS": "",
     "SCRIPTED_LATENCY_MS": "0",
@@ -146,7 +148,7 @@ class Lab:
         self._address = address
         self._external_task_queue = external_task_queue
         self._servers: dict[str, WorkflowEnvironment] = {}
-        self._clients: dict[str, Client] = {}
+        self._clients: dict[tuple[str, str], Client] = {}
         self._task_queues: dict[Any, str] = {}
         self.processes: list[worker.WorkerProcess] = []
 
@@ -154,22 +156,25 @@ class Lab:
     def spawns_workers(self) -> bool:
         return self._external_task_queue is None
 
-    async def client(self, server: str = "tuned") -> Client | None:
+    async def client(self, server: str = "tuned", **env: str) -> Client | None:
         """A client of that server, or None when the run uses a server of the user's.
 
         Always through `worker.connect`, so it has the workers' data converter (encryption).
+        `env`: settings over the benchmark's own, as a worker started with them has them.
         """
-        if server not in self._clients:
+        key = (server, json.dumps(env, sort_keys=True))
+        if key not in self._clients:
             if self._address:
                 if server != "tuned":
                     return None
                 address = self._address
             else:
-                args = DEV_SERVER_ARGS if server == "tuned" else []
-                self._servers[server] = await start_dev_server(args)
+                if server not in self._servers:
+                    args = DEV_SERVER_ARGS if server == "tuned" else []
+                    self._servers[server] = await start_dev_server(args)
                 address = self._servers[server].client.service_client.config.target_host
-            self._clients[server] = await worker.connect(address)
-        return self._clients[server]
+            self._clients[key] = await worker.connect(address, env={**os.environ, **env})
+        return self._clients[key]
 
     async def worker(self, server: str = "tuned", **env: str) -> str | None:
         """The task queue of a running worker with these settings, started if need be.

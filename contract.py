@@ -136,6 +136,8 @@ class SessionInput:
     """The context window carried over from the previous run."""
     earlier_messages: int = 0
     """Messages of this conversation no longer held: past the context budget."""
+    earlier_turns: int = 0
+    """Turns of this conversation answered by earlier runs: traces number turns from there."""
     stream: WorkflowStreamState | None = None
     """The event stream's retained items and offsets, carried over from the previous run."""
     task: str | None = None

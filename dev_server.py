@@ -44,7 +44,8 @@ async def start_dev_server(
     extra_args: list[str] = DEV_SERVER_ARGS, ui_port: int | None = None
 ) -> WorkflowEnvironment:
     """A dev server on a free port, in a child process; its banner kept off stdout."""
-    with _stdout_to_stderr():  # stdout is for replies (and benchmark tables) only.
+    # stdout is for replies (and benchmark tables) only.
+    with _stdout_to_stderr(), _without_trace_settings():
         return await WorkflowEnvironment.start_local(
             dev_server_existing_path=temporal_binary(),
             ui=ui_port is not None,
@@ -66,6 +67,18 @@ def _stdout_to_stderr() -> Iterator[None]:
         os.close(saved)
 
 
+@contextmanager
+def _without_trace_settings() -> Iterator[None]:
+    """Hide this process's OTEL_* variables from a server it starts: they say how our
+    processes trace (tracing.py), but the server reads them too, would export its own
+    spans, and refuses to start with OTEL_TRACES_EXPORTER=console."""
+    hidden = {name: os.environ.pop(name) for name in list(os.environ) if name.startswith("OTEL_")}
+    try:
+        yield
+    finally:
+        os.environ.update(hidden)
+
+
 def main() -> None:
     """Become `temporal server start-dev` with the tuned settings, plus any flags given."""
     try:
@@ -74,7 +87,9 @@ def main() -> None:
         sys.exit(f"dev_server: {err}")
     command = [binary, "server", "start-dev", *DEV_SERVER_ARGS, *sys.argv[1:]]
     print(" ".join(["temporal", *command[1:]]), file=sys.stderr)
-    os.execv(binary, command)
+    # Not the OTEL_* settings of .env or the shell: they are for our processes (above).
+    server_env = {name: value for name, value in os.environ.items() if not name.startswith("OTEL_")}
+    os.execve(binary, command, server_env)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ import json
 import logging
 import os
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import litellm
 from litellm import CustomLLM
+from opentelemetry import trace
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from contract import Message, Plan, ToolCall
@@ -49,6 +51,7 @@ MAX_CONTEXT_TOKENS = 32_000
 litellm.num_retries = 0
 litellm.suppress_debug_info = True
 logging.getLogger("LiteLLM").setLevel(logging.WARNING)  # Not a line per call in the worker log.
+_tracer = trace.get_tracer(__name__)  # No-op unless the process traces (tracing.py).
 litellm.custom_provider_map = [{"provider": "scripted", "custom_handler": ScriptedModel()}]
 # Its model card: a context size for the budget, and a price (zero) for LiteLLM's cost
 # tracking, which otherwise searches its whole price list on every call.
@@ -156,6 +159,8 @@ async def plan(
     tools: list[dict[str, Any]],
     *,
     on_text: Callable[[str], Awaitable[None]] | None = None,
+    attempt: int = 1,
+    trace_content: bool = False,
 ) -> Plan:
     """One chat completion with native tool calling, parsed into the workflow's `Plan`.
 
@@ -166,6 +171,10 @@ async def plan(
     arrives (all of it at once from a model that cannot stream), and the plan is the
     same as without. A provider error in the middle of the stream is raised here, like
     any other, after `on_text` has seen part of the text.
+
+    The call is a span, `chat {model}` (OpenTelemetry's GenAI conventions), with the
+    activity's `attempt` and what the provider reports: token counts, finish reason.
+    With `trace_content`, also the messages sent and the reply.
     """
     system = {"role": "system", "content": SYSTEM_PROMPT}
     tools = [*tools, END_CHAT_SCHEMA]
@@ -185,27 +194,88 @@ async def plan(
         request["api_base"] = settings.api_base
     if settings.is_scripted and settings.scripted_latency_s:
         request["extra_body"] = {"latency_s": settings.scripted_latency_s}
-    if on_text is not None and _streams(settings.model):
-        reply = await _streamed_reply(request, on_text)
-    else:
-        reply = (await litellm.acompletion(**request)).choices[0].message
-        if on_text is not None and reply.content:
-            await on_text(reply.content)
-    return dataclasses.replace(plan_from_reply(reply), context_dropped=dropped)
+    with _model_call_span(settings.model, attempt) as span:
+        if trace_content:
+            span.set_attribute("gen_ai.input.messages", json.dumps(request["messages"]))
+        if on_text is not None and _streams(settings.model):
+            response = await _streamed_response(request, on_text)
+        else:
+            response = await litellm.acompletion(**request)
+            if on_text is not None and (text := response.choices[0].message.content):
+                await on_text(text)
+        span.set_attributes(_reported(response))
+        reply = litellm.Message(content=None) if response is None else response.choices[0].message
+        plan = plan_from_reply(reply)
+        if trace_content:
+            answer = to_provider_format(Message("assistant", plan.reply, plan.tool_calls))
+            span.set_attribute("gen_ai.output.messages", json.dumps([answer]))
+    return dataclasses.replace(plan, context_dropped=dropped)
 
 
-async def _streamed_reply(
+async def _streamed_response(
     request: dict[str, Any], on_text: Callable[[str], Awaitable[None]]
-) -> litellm.Message:
-    """Stream the completion, handing on each piece of text; assemble the whole message
-    (tool-call fragments included) as the non-streamed call would have returned it."""
+) -> litellm.ModelResponse | None:
+    """Stream the completion, handing on each piece of text; assemble the whole response
+    (tool-call fragments included) as the non-streamed call would have returned it, or
+    None for a stream with no chunk at all."""
+    if _reports_stream_usage(request["model"]):
+        # Token counts in a last chunk; without them, LiteLLM counts the tokens itself.
+        request = {**request, "stream_options": {"include_usage": True}}
     chunks = []
     async for chunk in await litellm.acompletion(**request, stream=True):
         chunks.append(chunk)
         if chunk.choices and (text := chunk.choices[0].delta.content):
             await on_text(text)
-    whole = litellm.stream_chunk_builder(chunks)  # None for a stream with no chunk at all
-    return whole.choices[0].message if whole else litellm.Message(content=None)
+    return litellm.stream_chunk_builder(chunks)
+
+
+@contextmanager
+def _model_call_span(model: str, attempt: int) -> Iterator[trace.Span]:
+    """The span of one model call. A failed call shows its error type, never the
+    provider's message: that can quote the request, or a key (see `_redact`)."""
+    with _tracer.start_as_current_span(
+        f"chat {model}",
+        kind=trace.SpanKind.CLIENT,
+        attributes={
+            "gen_ai.operation.name": "chat",
+            "gen_ai.request.model": model,
+            "temporal.activity.attempt": attempt,
+        },
+        record_exception=False,
+        set_status_on_exception=False,
+    ) as span:
+        try:
+            yield span
+        except Exception as err:
+            span.set_attribute("error.type", type(err).__name__)
+            span.set_status(trace.StatusCode.ERROR)
+            raise
+
+
+def _reported(response: litellm.ModelResponse | None) -> dict[str, Any]:
+    """What the provider says of its answer, as GenAI span attributes; usage may be absent
+    (the scripted model reports none unless streamed)."""
+    if response is None:
+        return {}
+    found: dict[str, Any] = {"gen_ai.response.model": getattr(response, "model", None)}
+    if usage := getattr(response, "usage", None):
+        found["gen_ai.usage.input_tokens"] = usage.prompt_tokens
+        found["gen_ai.usage.output_tokens"] = usage.completion_tokens
+    if reasons := [choice.finish_reason for choice in response.choices if choice.finish_reason]:
+        found["gen_ai.response.finish_reasons"] = reasons
+    return {key: value for key, value in found.items() if value is not None}
+
+
+@functools.cache
+def _reports_stream_usage(model: str) -> bool:
+    """Whether LiteLLM takes `stream_options` for this model's provider (it refuses the
+    parameter for those that cannot honour it)."""
+    try:
+        name, provider, *_ = litellm.get_llm_provider(model)
+        supported = litellm.get_supported_openai_params(model=name, custom_llm_provider=provider)
+    except Exception:  # LiteLLM raises for models it does not know.
+        return False
+    return "stream_options" in (supported or [])
 
 
 @functools.cache

@@ -14,7 +14,8 @@ check does not hold (a wrong reply, an activity that ran twice): a goal missed o
 machine is a finding, not a failure.
 
 Sections:
-  table2      the paper's Table 2: a loop with no durability against the durable loop
+  table2      the paper's Table 2: a loop with no durability against the durable loop,
+              and the durable loop with traces on, and with encryption on
   pacing      back-to-back turns against turns with think time, on two server settings
   growth      latency and history size at turns 1, 100 and 1 000 of one conversation
   recovery    the worker SIGKILLed after 10, 100, 1 000 turns: time to the next reply
@@ -40,6 +41,7 @@ from typing import Any
 
 from dotenv import load_dotenv
 
+import tracing
 import worker
 from benchmark_harness import (
     SHORT_CONVERSATION_TURNS,
@@ -58,6 +60,7 @@ from benchmark_harness import (
     same,
     short_conversations,
 )
+from codec import new_key
 from dev_server import DEV_SERVER_ARGS
 
 PLAIN = "Hello there, how are you?"  # one model call
@@ -66,6 +69,10 @@ SECTIONS = ("table2", "pacing", "growth", "recovery", "throughput", "long")
 HISTORY_WARNING_BYTES = 10 * 1024 * 1024
 HISTORY_WARNING_EVENTS = 10_240
 FILLER = "The quick brown fox jumps over the lazy dog while the agent keeps its state. "
+DURABLE = "durable, scripted model"
+TRACES_ON = f"{DURABLE}, traces on"
+ENCRYPTION_ON = f"{DURABLE}, encryption on"
+BENCHMARK_KEY = new_key("benchmark")  # a fresh one each run
 
 
 @dataclass(frozen=True)
@@ -131,23 +138,28 @@ async def table2(lab: Lab, s: Settings, report: Report) -> dict[str, Any]:
             )
             stats[floor][kind] = Stats.of(latencies)
 
-    simulated = f"durable, scripted model + {s.simulated_latency_ms} ms simulated latency"
+    simulated = f"{DURABLE} + {s.simulated_latency_ms} ms simulated latency"
     slow = {"SCRIPTED_LATENCY_MS": str(s.simulated_latency_ms)}
     # (mode, worker settings, turns, streamed): a streamed turn has a subscriber watching.
+    # The client of each mode connects with its worker's settings (encryption keys).
+    switches = switched_on()
     modes = [
-        ("durable, scripted model", {}, s.iterations, False),
-        ("durable, scripted model, streamed", {}, s.iterations, True),
+        (DURABLE, {}, s.iterations, False),
+        *((mode, env, s.iterations, False) for mode, env in switches.items()),
+        (f"{DURABLE}, streamed", {}, s.iterations, True),
         (simulated, slow, s.simulated_iterations, False),
         (f"{simulated}, streamed", slow, s.simulated_iterations, True),
     ]
     notes = []
+    if ENCRYPTION_ON not in switches:
+        notes.append(f"{ENCRYPTION_ON}: skipped, every row encrypts (ENCRYPTION_KEYS is set).")
     if real_model := os.environ.get("LLM_MODEL"):
         modes.append((f"durable, {real_model}", {"REAL_MODEL": "1"}, s.simulated_iterations, False))
     else:
         notes.append("Durable + real model: skipped, LLM_MODEL is not set (see README).")
     first_text: dict[str, dict[str, Stats]] = {}
     for mode, env, n, stream in modes:
-        client, task_queue = await lab.client(), await lab.worker(**env)
+        client, task_queue = await lab.client(**env), await lab.worker(**env)
         if task_queue is None:
             notes.append(f"{mode}: skipped, an external worker runs only its own settings.")
             continue
@@ -168,7 +180,7 @@ async def table2(lab: Lab, s: Settings, report: Report) -> dict[str, Any]:
                 await asyncio.sleep(think_s)
             stats[mode]["rejected"] = Stats.of([x for x in rejections if x is not None])
 
-    durable = stats.get("durable, scripted model", {})
+    durable = stats.get(DURABLE, {})
     excess = {
         kind: {
             "durable_p50_ms": durable[kind].p50,
@@ -194,6 +206,7 @@ async def table2(lab: Lab, s: Settings, report: Report) -> dict[str, Any]:
                 "model_calls": calls,
                 "percent_of_simulated_model_time": 100 * (total - base) / model_ms,
             }
+    switch_costs = costs_against_durable(stats)
     report.print(
         "## 1. Table 2: per-turn latency (ms)",
         f"Turns paced {s.think_ms} ms apart, in fresh conversations of "
@@ -266,6 +279,25 @@ async def table2(lab: Lab, s: Settings, report: Report) -> dict[str, Any]:
                 for kind, first in row.items()
             ],
         ),
+        "Traces and encryption: the durable row with each turned on, against it. Traces on: "
+        "the worker traces every turn and exports each span with the console exporter into "
+        "/dev/null (TRACES_FILE): span creation, context propagation and JSON serialisation "
+        "are paid, a terminal's speed is not; the benchmark's client does not trace (its one "
+        "span per turn is left out). Encryption on: worker and client encrypt every payload "
+        "(AES-256-GCM, a fresh key).",
+        markdown_table(
+            ["mode", "turn", "durable p50", "p50", "cost ms", "cost %"],
+            [
+                [
+                    mode,
+                    kind,
+                    *one_decimal(c["durable_p50_ms"], c["p50_ms"], c["cost_ms"]),
+                    f"{c['cost_percent']:+.1f}%",
+                ]
+                for mode, row in switch_costs.items()
+                for kind, c in row.items()
+            ],
+        ),
         *notes,
     )
     for kind, e in excess.items():
@@ -276,6 +308,13 @@ async def table2(lab: Lab, s: Settings, report: Report) -> dict[str, Any]:
             f"{100 * share:.0f}% ({e['excess_ms']:.1f} ms)",
             share <= 0.10,
         )
+    for mode, row in switch_costs.items():
+        report.goal(
+            f"{mode.removeprefix(DURABLE + ', ')}: added to the durable p50 ({', '.join(row)})",
+            "<= 10 %",
+            ", ".join(f"{c['cost_percent']:+.1f}%" for c in row.values()),
+            all(c["cost_percent"] <= 10 for c in row.values()),
+        )
     return {
         "think_ms": s.think_ms,
         "modes": {
@@ -284,6 +323,7 @@ async def table2(lab: Lab, s: Settings, report: Report) -> dict[str, Any]:
         "overhead": overhead,
         "excess": excess,
         "in_memory_cpu_ms_per_turn": in_memory_cpu_ms,
+        "switched_on": switch_costs,
         "first_text": {
             m: {k: dataclasses.asdict(v) for k, v in row.items()} for m, row in first_text.items()
         },
@@ -648,11 +688,41 @@ async def long(lab: Lab, s: Settings, report: Report) -> dict[str, Any]:
     }
 
 
+def switched_on() -> dict[str, dict[str, str]]:
+    """Table 2's rows with traces or encryption on (issue 13), and their workers' settings.
+    Encryption only if the run does not encrypt every row already."""
+    rows = {TRACES_ON: {"OTEL_TRACES_EXPORTER": "console", "TRACES_FILE": os.devnull}}
+    if not os.environ.get("ENCRYPTION_KEYS"):
+        key_id = BENCHMARK_KEY.partition(":")[0]
+        rows[ENCRYPTION_ON] = {"ENCRYPTION_KEYS": BENCHMARK_KEY, "ENCRYPTION_KEY_ID": key_id}
+    return rows
+
+
+def costs_against_durable(stats: dict[str, dict[str, Stats]]) -> dict[str, dict[str, Any]]:
+    """What each switched-on row adds to the durable row's p50, by kind of turn."""
+    durable = stats.get(DURABLE, {})
+    return {
+        mode: {
+            kind: {
+                "durable_p50_ms": durable[kind].p50,
+                "p50_ms": on.p50,
+                "cost_ms": on.p50 - durable[kind].p50,
+                "cost_percent": 100 * (on.p50 - durable[kind].p50) / durable[kind].p50,
+            }
+            for kind, on in row.items()
+            if kind in durable
+        }
+        for mode, row in stats.items()
+        if mode in (TRACES_ON, ENCRYPTION_ON)
+    }
+
+
 def workers_needed(sections: Sequence[str], s: Settings) -> list[tuple[str, dict[str, str]]]:
     """(server, worker settings) of the shared workers that these sections use."""
     needed = [("tuned", {})]
     if "table2" in sections:
         needed.append(("tuned", {"SCRIPTED_LATENCY_MS": str(s.simulated_latency_ms)}))
+        needed += [("tuned", env) for env in switched_on().values()]
     if "pacing" in sections:
         needed.append(("default", {}))
     return needed
@@ -755,8 +825,9 @@ def main() -> int:
     load_dotenv()
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     try:
+        tracing.setup("durable-agent-benchmark")
         return asyncio.run(run(args))
-    except (worker.TemporalUnreachable, RuntimeError) as err:
+    except (worker.TemporalUnreachable, RuntimeError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -55,6 +55,7 @@ from temporalio.runtime import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
+import tracing
 import worker
 from contract import PendingApproval, SessionInput, ToolDecision, Transcript
 from dev_server import NoTemporalBinary, port_is_free, start_dev_server
@@ -508,6 +509,7 @@ async def main() -> int:
     load_dotenv()
     quiet_sdk_core()
     try:
+        tracing.setup("durable-agent-chat")  # spans go to stderr or a collector, never stdout
         if args.embedded:
             async with embedded_temporal(worker.task_queue_name(args.task_queue)) as client:
                 return await run(args, client)

@@ -4,7 +4,7 @@ Start as many as you like on one task queue; Temporal spreads the work between t
 and when one dies another picks its tasks up. Everything configurable is read here,
 once, at start: connection (the SDK's environment configuration: TEMPORAL_ADDRESS,
 TEMPORAL_NAMESPACE, TEMPORAL_API_KEY, TLS, profiles), task queue, model, notes file,
-which tools wait for approval, and fault switches.
+which tools wait for approval, fault switches, encryption and traces (OTEL_*).
 
     uv run worker.py [--address HOST:PORT] [--task-queue NAME]
 """
@@ -33,6 +33,7 @@ from temporalio.converter import DataConverter, DefaultFailureConverterWithEncod
 from temporalio.envconfig import ClientConfig
 from temporalio.worker import Worker
 
+import tracing
 from codec import EncryptionCodec
 from workflow import DurableAgentWorkflow
 
@@ -61,18 +62,22 @@ class TemporalUnreachable(Exception):
     """Raised by `connect` with a message that says what to run instead."""
 
 
-async def connect(address: str | None = None) -> Client:
-    """Connect as the environment configuration says; `address` overrides its host.
+async def connect(address: str | None = None, *, env: Mapping[str, str] | None = None) -> Client:
+    """Connect as the environment configuration says; `address` overrides its host, `env`
+    this process's environment.
 
     Every process connects here (worker, chat client, benchmark, tests), so all of them
-    use the same data converter. Raises ValueError on a bad encryption setting.
+    use the same data converter and, if the process traces (tracing.py), the same
+    tracing plugin. Raises ValueError on a bad encryption setting.
     """
-    config = ClientConfig.load_client_connect_config()
+    config = ClientConfig.load_client_connect_config(override_env_vars=env)
     config.setdefault("target_host", DEFAULT_ADDRESS)
     if address:
         config["target_host"] = address
     try:
-        return await Client.connect(**config, data_converter=data_converter())
+        return await Client.connect(
+            **config, data_converter=data_converter(env), plugins=tracing.plugins()
+        )
     except RuntimeError as err:
         raise TemporalUnreachable(
             f"Cannot reach Temporal at {config['target_host']} ({err}).\n"
@@ -81,7 +86,7 @@ async def connect(address: str | None = None) -> Client:
         ) from err
 
 
-def data_converter() -> DataConverter:
+def data_converter(env: Mapping[str, str] | None = None) -> DataConverter:
     """JSON through pydantic (the SDK's contrib), encrypted if ENCRYPTION_KEYS is set.
 
     The JSON is the SDK default's, field for field, so histories written with either
@@ -93,7 +98,7 @@ def data_converter() -> DataConverter:
     encoded failure attributes), which the codec encrypts: a failure message can quote
     what the user wrote. Replay needs the same converter to read an encrypted history.
     """
-    codec = EncryptionCodec.from_env()
+    codec = EncryptionCodec.from_env(env)
     if codec is None:
         return pydantic_data_converter
     return dataclasses.replace(
@@ -146,7 +151,8 @@ def configured_activities() -> AgentActivities:
         )
     notes_file = Path(os.environ.get("NOTES_FILE") or DEFAULT_NOTES_FILE)
     approvals = ApprovalPolicy.from_env(os.environ, registry(notes_file))
-    return AgentActivities(llm, notes_file, Faults.from_env(), approvals)
+    content = tracing.include_content(os.environ)
+    return AgentActivities(llm, notes_file, Faults.from_env(), approvals, trace_content=content)
 
 
 class WorkerProcess:
@@ -204,6 +210,9 @@ async def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
         activities = configured_activities()
+        # Warm up before tracing starts: the warm-up's model calls are no conversation's.
+        await activities.warm_up()
+        traces = tracing.setup("durable-agent-worker")  # before connecting: it adds the plugin
         client = await connect(args.address)
     except (ValueError, TemporalUnreachable) as err:
         print(f"worker: {err}", file=sys.stderr)
@@ -213,7 +222,7 @@ async def main() -> int:
     codec = client.data_converter.payload_codec
     encryption = codec.describe() if isinstance(codec, EncryptionCodec) else "Encryption: off"
     print(encryption, file=sys.stderr)
-    await activities.warm_up()
+    print(traces, file=sys.stderr)
 
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -227,7 +236,9 @@ async def main() -> int:
 
 def exit_process(code: int) -> None:
     """Exit without interpreter teardown, which can race the SDK's Rust threads and abort
-    a finished process (temporalio/sdk-python#300); flush our output first."""
+    a finished process (temporalio/sdk-python#300); export buffered spans and flush our
+    output first."""
+    tracing.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

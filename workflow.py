@@ -15,6 +15,7 @@ import asyncio
 import dataclasses
 import json
 from collections import deque
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -30,6 +31,12 @@ from temporalio.exceptions import (
     is_cancelled_exception,
 )
 from temporalio.exceptions import TimeoutError as ActivityTimeoutError
+
+with workflow.unsafe.imports_passed_through():
+    # OpenTelemetry's API: a no-op unless the worker traces (tracing.py), which it then
+    # does with the SDK's replay-safe tracer provider, safe to open spans with here.
+    from opentelemetry import context as otel_context
+    from opentelemetry import trace
 
 from contract import (
     ApprovalEvent,
@@ -88,6 +95,8 @@ class _Inbound:
     text: str
     update_id: str = ""
     stream: bool = False
+    trace_context: otel_context.Context | None = None
+    """Where the message's update sits in a trace: its turn's span goes under it."""
 
 
 @dataclass(frozen=True)
@@ -131,7 +140,10 @@ class DurableAgentWorkflow:
                 break
             message = self._inbox.popleft()
             self._working, self._turn = True, message
-            outcome = await self._answer(message.text)
+            with self._turn_span(message) as span:
+                outcome = await self._answer(message.text)
+                if outcome.error:
+                    span.set_status(trace.StatusCode.ERROR)
             self._outcomes[message.number] = outcome
             self._working = False
             self._publish("turn", TurnEvent(message.update_id, outcome.reply, outcome.error))
@@ -154,7 +166,10 @@ class DurableAgentWorkflow:
         self._received += 1
         number = self._received
         update = workflow.current_update_info()
-        self._inbox.append(_Inbound(number, text, update.id if update else "", stream))
+        trace_context = otel_context.get_current()  # the update's span, if the worker traces
+        self._inbox.append(
+            _Inbound(number, text, update.id if update else "", stream, trace_context)
+        )
         await workflow.wait_condition(lambda: number in self._outcomes)
         outcome = self._outcomes.pop(number)
         if outcome.error:
@@ -234,6 +249,22 @@ class DurableAgentWorkflow:
     def subagents(self) -> list[Subagent]:
         """Child workflows this run started, oldest first: what a client shows, one a line."""
         return list(self._subagents)
+
+    def _turn_span(self, message: _Inbound) -> AbstractContextManager[trace.Span]:
+        """The turn as a span, `agent.turn`, under the update that asked for it; the model
+        calls and tools of the turn go under it. No message text: content stays in the
+        activities' spans, where the worker's OTEL_INCLUDE_CONTENT decides.
+
+        Replay runs this again, but the tracer provider the worker installs only exports a
+        span whose end runs for real, with the ids it had when it started (tracing.py).
+        """
+        attributes = {
+            "gen_ai.conversation.id": workflow.info().workflow_id,
+            "agent.turn.number": self._session.earlier_turns + message.number,
+        }
+        return trace.get_tracer(__name__).start_as_current_span(
+            "agent.turn", context=message.trace_context, attributes=attributes
+        )
 
     async def _answer(self, text: str) -> _Outcome:
         """Run one turn; if it fails, undo it so the model never sees half a turn."""
@@ -467,6 +498,7 @@ class DurableAgentWorkflow:
             self._session,
             messages=self._messages,
             earlier_messages=self._earlier_messages,
+            earlier_turns=self._session.earlier_turns + self._received,
             stream=self._stream.get_state(),
         )
 

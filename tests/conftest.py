@@ -7,8 +7,10 @@ import inspect
 import os
 import socket
 import subprocess
+import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import litellm
@@ -178,6 +180,31 @@ def registered(provider: str, model: CustomLLM) -> LlmSettings:
 # --- Processes a test can SIGKILL: workers and a dev server, started as a user would -----
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class ChatRun:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+async def chat_client(
+    *args: str, env: Mapping[str, str] | None = None, timeout: float = 60
+) -> ChatRun:
+    """Run the chat client in a subprocess (with `env` over this process's environment);
+    async, so the test's in-process worker keeps working."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(ROOT / "start_workflow.py"),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+        cwd=ROOT,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)
+    return ChatRun(process.returncode or 0, stdout.decode(), stderr.decode())
 
 
 def free_port() -> int:

@@ -21,6 +21,9 @@ from aiohttp import web
 
 from scripted_model import scripted_reply, stream_chunks
 
+USAGE = {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19}
+"""The token counts of every answer, as the provider reports them."""
+
 
 @dataclass(frozen=True)
 class Scripted:
@@ -98,19 +101,25 @@ class OpenAIServer:
             )
         choice = scripted.choice or scripted_reply(body["messages"])
         if body.get("stream"):
-            return await self._stream(request, body["model"], choice, scripted.break_after)
+            usage = body.get("stream_options", {}).get("include_usage", False)
+            return await self._stream(request, body["model"], choice, scripted.break_after, usage)
         completion = {
             "id": "chatcmpl-test",
             "object": "chat.completion",
             "created": 0,
             "model": body["model"],
             "choices": [{"index": 0, **choice}],
-            "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20},
+            "usage": USAGE,
         }
         return web.json_response(completion)
 
     async def _stream(
-        self, request: web.Request, model: str, choice: dict[str, Any], break_after: int | None
+        self,
+        request: web.Request,
+        model: str,
+        choice: dict[str, Any],
+        break_after: int | None,
+        usage: bool,
     ) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
@@ -121,6 +130,10 @@ class OpenAIServer:
                 return response
             chunk = {"id": "chatcmpl-test", "object": "chat.completion.chunk", "created": 0}
             chunk |= {"model": model, "choices": [{"index": 0, **delta}]}
+            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        if usage:  # As OpenAI does when asked: a last chunk, with no choice, and the counts.
+            chunk = {"id": "chatcmpl-test", "object": "chat.completion.chunk", "created": 0}
+            chunk |= {"model": model, "choices": [], "usage": USAGE}
             await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
         await response.write(b"data: [DONE]\n\n")
         return response

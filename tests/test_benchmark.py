@@ -16,8 +16,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_quick_benchmark_runs_every_section_and_writes_its_numbers(tmp_path: Path):
     results_file = tmp_path / "results.json"
-    # No real model and no server of the user's, whatever .env says.
-    env = {**os.environ, "LLM_MODEL": "", "TEMPORAL_ADDRESS": ""}
+    # No real model, no server and no keys of the user's, whatever .env says: the benchmark
+    # turns encryption on for a row of its own.
+    env = {
+        **os.environ,
+        "LLM_MODEL": "",
+        "TEMPORAL_ADDRESS": "",
+        "ENCRYPTION_KEYS": "",
+        "ENCRYPTION_KEY_ID": "",
+    }
     command = ["performance_benchmark.py", "--quick", "--iterations", "3", "--json", results_file]
     run = subprocess.run(
         [sys.executable, *command],
@@ -40,6 +47,8 @@ def test_quick_benchmark_runs_every_section_and_writes_its_numbers(tmp_path: Pat
     floor = "bare Temporal: update + 1 / 3 no-op activities (the floor)"
     assert table2[floor]["tool"]["n"] == 3
     assert set(results["sections"]["table2"]["excess"]) == {"plain", "tool"}
+    for switched_on in ("traces on", "encryption on"):
+        assert table2[f"durable, scripted model, {switched_on}"]["tool"]["n"] == 3
     throughput = results["sections"]["throughput"]["results"]
     assert {r["system"] for r in throughput} == {"durable agent", "bare Temporal"}
     assert all(r["worker_cpu_ms_per_turn"] > 0 for r in throughput)

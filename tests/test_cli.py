@@ -2,39 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
+from conftest import chat_client
 from temporalio.client import Client
 
 from start_workflow import EXIT_AWAITING_APPROVAL
 from tools import demo_weather
 from workflow import DurableAgentWorkflow
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-@dataclass
-class Run:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-async def chat(*args: str, timeout: float = 60) -> Run:
-    """Run the client in a subprocess; async, so the test's in-process worker keeps working."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(ROOT / "start_workflow.py"),
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=ROOT,
-    )
-    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)
-    return Run(process.returncode or 0, stdout.decode(), stderr.decode())
 
 
 async def test_message_flags_print_one_reply_per_line_and_the_session_continues(
@@ -42,7 +17,7 @@ async def test_message_flags_print_one_reply_per_line_and_the_session_continues(
 ):
     where = ["--address", client.service_client.config.target_host, "--task-queue", task_queue]
 
-    first = await chat(
+    first = await chat_client(
         *where,
         "--session",
         f"cli-{task_queue}",
@@ -51,8 +26,8 @@ async def test_message_flags_print_one_reply_per_line_and_the_session_continues(
         "--message",
         "What is the weather in Oslo?",
     )
-    again = await chat(*where, "--session", f"cli-{task_queue}", "--message", "hello")
-    ended = await chat(*where, "--session", f"cli-{task_queue}", "--end")
+    again = await chat_client(*where, "--session", f"cli-{task_queue}", "--message", "hello")
+    ended = await chat_client(*where, "--session", f"cli-{task_queue}", "--end")
 
     assert first.returncode == 0, first.stderr
     assert first.stdout.splitlines() == ["25 * 4 = 100", demo_weather("Oslo")]
@@ -68,9 +43,9 @@ async def test_delegation_prints_one_line_per_subagent_whose_transcript_end_prin
     session = f"cli-{task_queue}"
     two_tasks = "delegate: What is 6 * 7?; delegate: What is 2 + 2?"
 
-    delegated = await chat(*where, "--session", session, "--message", two_tasks)
+    delegated = await chat_client(*where, "--session", session, "--message", two_tasks)
     first, second = await client.get_workflow_handle(session).query(DurableAgentWorkflow.subagents)
-    child = await chat(*where, "--session", first.workflow_id, "--end")
+    child = await chat_client(*where, "--session", first.workflow_id, "--end")
 
     assert delegated.returncode == 0, delegated.stderr
     assert delegated.stdout == "6 * 7 = 42; 2 + 2 = 4\n"  # stdout: replies only
@@ -86,8 +61,8 @@ async def test_a_script_stops_with_code_3_at_a_waiting_call_and_approve_prints_t
     where = ["--address", client.service_client.config.target_host, "--task-queue", task_queue]
     session = ["--session", f"cli-{task_queue}"]
 
-    waiting = await chat(*where, *session, "--message", "note: call Ann")
-    approved = await chat(*where, *session, "--approve")
+    waiting = await chat_client(*where, *session, "--message", "note: call Ann")
+    approved = await chat_client(*where, *session, "--approve")
 
     assert waiting.returncode == EXIT_AWAITING_APPROVAL, waiting.stderr
     assert waiting.stdout == ""
@@ -105,12 +80,12 @@ async def test_deny_by_call_id_with_a_reason_prints_the_models_answer(
 ):
     where = ["--address", client.service_client.config.target_host, "--task-queue", task_queue]
     session = ["--session", f"cli-{task_queue}"]
-    await chat(*where, *session, "--message", "note: call Bob")
+    await chat_client(*where, *session, "--message", "note: call Bob")
     handle = client.get_workflow_handle(f"cli-{task_queue}")
     [call] = await handle.query(DurableAgentWorkflow.pending_approvals)
 
-    denied = await chat(*where, *session, "--deny", call.call_id, "--reason", "Bob moved")
-    again = await chat(*where, *session, "--deny", call.call_id)
+    denied = await chat_client(*where, *session, "--deny", call.call_id, "--reason", "Bob moved")
+    again = await chat_client(*where, *session, "--deny", call.call_id)
 
     assert denied.returncode == 0, denied.stderr
     assert denied.stdout == "I did not run save_note. Not run: the user denied it (Bob moved).\n"
@@ -124,7 +99,7 @@ async def test_rejected_message_exits_non_zero_with_the_reason(
 ):
     where = ["--address", client.service_client.config.target_host, "--task-queue", task_queue]
 
-    result = await chat(*where, "--message", "   ")
+    result = await chat_client(*where, "--message", "   ")
 
     assert result.returncode == 1
     assert "error: The message is empty." in result.stderr
@@ -132,7 +107,7 @@ async def test_rejected_message_exits_non_zero_with_the_reason(
 
 
 async def test_no_server_says_what_to_run_instead_of_a_traceback():
-    result = await chat("--address", "127.0.0.1:1", "--message", "hi")
+    result = await chat_client("--address", "127.0.0.1:1", "--message", "hi")
 
     assert result.returncode == 1
     assert "Cannot reach Temporal at 127.0.0.1:1" in result.stderr
@@ -141,14 +116,14 @@ async def test_no_server_says_what_to_run_instead_of_a_traceback():
 
 
 async def test_embedded_mode_answers_with_no_server_running(tmp_path: Path):
-    result = await chat("--embedded", "--message", "What is 25 * 4?", timeout=120)
+    result = await chat_client("--embedded", "--message", "What is 25 * 4?", timeout=120)
 
     assert result.returncode == 0, result.stderr
     assert result.stdout == "25 * 4 = 100\n"  # stdout carries replies only
 
 
 async def test_embedded_script_says_a_waiting_call_cannot_be_approved_after_it_exits():
-    result = await chat("--embedded", "--message", "note: lost", timeout=120)
+    result = await chat_client("--embedded", "--message", "note: lost", timeout=120)
 
     assert result.returncode == EXIT_AWAITING_APPROVAL
     assert "cannot be approved later" in result.stderr
