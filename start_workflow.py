@@ -57,14 +57,21 @@ from temporalio.service import RPCError, RPCStatusCode
 
 import tracing
 import worker
-from contract import PendingApproval, SessionInput, ToolDecision, Transcript
+from approval_prompts import (
+    Approver,
+    AwaitingApproval,
+    asking_on,
+    decide,
+    nobody_to_ask,
+    report_and_stop,
+)
+from contract import PendingApproval, SessionInput, Transcript
 from dev_server import NoTemporalBinary, port_is_free, start_dev_server
 from stream_view import TurnView
 from workflow import DurableAgentWorkflow
 
 T = TypeVar("T")
 UI_PORT = 8233
-T = TypeVar("T")
 WAITING_NOTICE_AFTER_S = 5.0
 RETRY_EVERY_S = 2.0
 APPROVAL_CHECK_EVERY_S = 0.5
@@ -75,15 +82,6 @@ EXIT_AWAITING_APPROVAL = 3
 
 class ChatError(Exception):
     """A failure the user should read, not a traceback."""
-
-
-class AwaitingApproval(Exception):
-    """A turn waits for a decision that this process will not give: exit with code 3."""
-
-
-Approver = Callable[[WorkflowHandle, list[PendingApproval], asyncio.Future[str]], Awaitable[None]]
-"""What to do with tool calls of a turn that newly wait for a decision, given the future
-of that turn's reply (which may come first: a call expired, or was decided elsewhere)."""
 
 
 @asynccontextmanager
@@ -231,87 +229,6 @@ async def _quick_query(handle: WorkflowHandle, query: Any, default: T) -> T:
         return await handle.query(query, rpc_timeout=timedelta(seconds=1))
     except (RPCError, WorkflowQueryFailedError):
         return default
-
-
-async def decide(
-    handle: WorkflowHandle, call: PendingApproval, approved: bool, reason: str
-) -> None:
-    """Send one decision; a refusal (decided elsewhere, expired) is said, not raised."""
-    try:
-        await handle.execute_update(
-            DurableAgentWorkflow.decide_tool_call, ToolDecision(call.call_id, approved, reason)
-        )
-    except WorkflowUpdateFailedError as err:
-        cause = err.cause
-        print(
-            f"error: {cause.message if isinstance(cause, FailureError) else err}", file=sys.stderr
-        )
-        return
-    verdict = "Approved" if approved else "Denied"
-    print(f"{verdict}: {_describe(call)}", file=sys.stderr)
-
-
-def _describe(call: PendingApproval) -> str:
-    return f"{call.tool} {call.arguments} (call {call.call_id})"
-
-
-def asking_on(lines: asyncio.Queue[str | None]) -> Approver:
-    """Ask the person at the terminal about each waiting call, one after the other."""
-
-    async def ask(
-        handle: WorkflowHandle, waiting: list[PendingApproval], reply: asyncio.Future[str]
-    ) -> None:
-        for call in waiting:
-            print(f"agent wants to run {call.tool} {call.arguments}")
-            print("approve? [y/N] ", end="", flush=True)
-            line = asyncio.ensure_future(lines.get())
-            await asyncio.wait({line, reply}, return_when=asyncio.FIRST_COMPLETED)
-            if not line.done():  # The turn ended first: the call expired or was decided.
-                line.cancel()
-                print()
-                return
-            if line.result() is None:  # End of input: the call keeps waiting.
-                raise AwaitingApproval
-            answer = line.result().strip()
-            approved = answer.lower() in ("y", "yes")
-            reason = "" if approved else answer[1:].strip() if answer[:1] in "nN" else answer
-            await decide(handle, call, approved, reason)
-
-    return ask
-
-
-async def report_and_stop(
-    handle: WorkflowHandle, waiting: list[PendingApproval], reply: asyncio.Future[str]
-) -> None:
-    """For scripts: say what waits and the exact commands that decide it, then stop."""
-    for call in waiting:
-        print(
-            f"Waiting for approval: {_describe(call)}.\n"
-            f"  approve: uv run start_workflow.py --session {handle.id} --approve {call.call_id}\n"
-            f"  deny:    uv run start_workflow.py --session {handle.id} --deny {call.call_id} "
-            '--reason "..."',
-            file=sys.stderr,
-        )
-    print(
-        "The turn keeps waiting in Temporal; the reply comes once it is decided.", file=sys.stderr
-    )
-    raise AwaitingApproval
-
-
-async def nobody_to_ask(
-    handle: WorkflowHandle, waiting: list[PendingApproval], reply: asyncio.Future[str]
-) -> None:
-    """--embedded with no terminal: the server dies with this process, and the turn too."""
-    for call in waiting:
-        print(f"Waiting for approval: {_describe(call)}.", file=sys.stderr)
-    print(
-        "This embedded server stops when this command exits, so the call cannot be approved "
-        "later. Chat interactively (`uv run start_workflow.py --embedded`, no --message) to "
-        "be asked, or run a server and a worker (README, three terminals) and decide with "
-        "--approve or --deny.",
-        file=sys.stderr,
-    )
-    raise AwaitingApproval
 
 
 async def decide_waiting(
