@@ -196,13 +196,13 @@ class AgentActivities:
         truth. A retried attempt first says so on the `retry` topic, so a watcher drops
         the text that the failed attempt had already streamed.
         """
-        target = request.stream_to
-        traced = {"attempt": activity.info().attempt, "trace_content": self._trace_content}
+        target, attempt = request.stream_to, activity.info().attempt
+        traced = {"attempt": attempt, "trace_content": self._trace_content}
         if target is None:
             return await llm_client.plan(self._llm, request.conversation, offered, **traced)
         stream = WorkflowStreamClient.from_within_activity(batch_interval=DELTA_BATCH)
         async with stream:  # Flushes what is left before the activity completes.
-            if (attempt := activity.info().attempt) > 1:
+            if attempt > 1:
                 retry = RetryNotice(target.turn, target.step, attempt)
                 stream.topic("retry", type=RetryNotice).publish(retry, force_flush=True)
             deltas = stream.topic("delta", type=TextDelta)
