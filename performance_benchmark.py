@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -108,6 +109,26 @@ QUICK = Settings(
     long_kill_at=100,
 )
 
+
+@dataclass
+class Row:
+    """One row of Table 2 (a mode and a kind of turn) and the turns measured for it."""
+
+    mode: str
+    kind: str
+    turns: int
+    conversation: Callable[[int], Awaitable[tuple[list[float], list[float]]]]
+    """Runs a fresh conversation of that many measured turns: latencies, first deltas."""
+    streamed: bool = False
+    latencies: list[float] = dataclasses.field(default_factory=list)
+    first_deltas: list[float] = dataclasses.field(default_factory=list)
+
+    async def run_conversation(self, turns: int) -> None:
+        latencies, first_deltas = await self.conversation(turns)
+        self.latencies += latencies
+        self.first_deltas += first_deltas
+
+
 # --- Sections -----------------------------------------------------------------------------
 
 
@@ -125,22 +146,6 @@ async def table2(lab: Lab, s: Settings, report: Report) -> dict[str, Any]:
         in_memory_cpu_ms[kind] = 1000 * (time.process_time() - cpu) / s.iterations
 
     floor = "bare Temporal: update + 1 / 3 no-op activities (the floor)"
-    if floor_queue := await lab.floor_worker():
-        stats[floor] = {}
-        for kind, activities in (("plain", 1), ("tool", 3)):
-            latencies, _ = await short_conversations(
-                report,
-                "floor",
-                await lab.client(),
-                floor_queue,
-                s.iterations,
-                "",
-                None,
-                think_s,
-                bare_activities=activities,
-            )
-            stats[floor][kind] = Stats.of(latencies)
-
     simulated = f"{DURABLE} + {s.simulated_latency_ms} ms simulated latency"
     slow = {"SCRIPTED_LATENCY_MS": str(s.simulated_latency_ms)}
     # (mode, worker settings, turns, streamed): a streamed turn has a subscriber watching.
@@ -160,28 +165,61 @@ async def table2(lab: Lab, s: Settings, report: Report) -> dict[str, Any]:
         modes.append((f"durable, {real_model}", {"REAL_MODEL": "1"}, s.simulated_iterations, False))
     else:
         notes.append("Durable + real model: skipped, LLM_MODEL is not set (see README).")
-    first_text: dict[str, dict[str, Stats]] = {}
+
+    rows: list[Row] = []
+    if floor_queue := await lab.floor_worker():
+        floor_client = await lab.client()
+        for kind, activities in (("plain", 1), ("tool", 3)):
+            run = functools.partial(
+                short_conversations,
+                report,
+                "floor",
+                floor_client,
+                floor_queue,
+                text="",
+                expect=None,
+                think_s=think_s,
+                bare_activities=activities,
+            )
+            rows.append(Row(floor, kind, s.iterations, run))
     for mode, env, n, stream in modes:
         client, task_queue = await lab.client(**env), await lab.worker(**env)
         if task_queue is None:
             notes.append(f"{mode}: skipped, an external worker runs only its own settings.")
             continue
-        stats[mode] = {}
         for kind, text, expect in kinds:
-            expect = None if env.get("REAL_MODEL") else expect
-            latencies, first_deltas = await short_conversations(
-                report, "table2", client, task_queue, n, text, expect, think_s, stream
+            run = functools.partial(
+                short_conversations,
+                report,
+                "table2",
+                client,
+                task_queue,
+                text=text,
+                expect=None if env.get("REAL_MODEL") else expect,
+                think_s=think_s,
+                stream=stream,
             )
-            stats[mode][kind] = Stats.of(latencies)
-            if stream:
-                first_text.setdefault(mode, {})[kind] = Stats.of(first_deltas)
-        if not env and not stream:
-            conversation = await Conversation.start(report, "table2", client, task_queue)
-            rejections = []
-            for _ in range(n):
-                rejections.append(await conversation.rejection())
-                await asyncio.sleep(think_s)
-            stats[mode]["rejected"] = Stats.of([x for x in rejections if x is not None])
+            rows.append(Row(mode, kind, n, run, stream))
+    # Round by round, one short conversation of every row in each: this machine drifts by
+    # several ms over minutes, and rows that are compared (the excess, the switches, the
+    # stream's cost) then share the drift instead of each meeting its own.
+    for first in range(0, max(row.turns for row in rows), SHORT_CONVERSATION_TURNS):
+        for row in rows:
+            if first < row.turns:
+                await row.run_conversation(min(SHORT_CONVERSATION_TURNS, row.turns - first))
+    first_text: dict[str, dict[str, Stats]] = {}
+    for row in rows:
+        stats.setdefault(row.mode, {})[row.kind] = Stats.of(row.latencies)
+        if row.streamed:
+            first_text.setdefault(row.mode, {})[row.kind] = Stats.of(row.first_deltas)
+    if DURABLE in stats:
+        client, task_queue = await lab.client(), await lab.worker()
+        conversation = await Conversation.start(report, "table2", client, task_queue)
+        rejections = []
+        for _ in range(s.iterations):
+            rejections.append(await conversation.rejection())
+            await asyncio.sleep(think_s)
+        stats[DURABLE]["rejected"] = Stats.of([x for x in rejections if x is not None])
 
     durable = stats.get(DURABLE, {})
     excess = {
@@ -213,7 +251,8 @@ async def table2(lab: Lab, s: Settings, report: Report) -> dict[str, Any]:
     report.print(
         "## 1. Table 2: per-turn latency (ms)",
         f"Turns paced {s.think_ms} ms apart, in fresh conversations of "
-        f"{SHORT_CONVERSATION_TURNS} turns after a warm-up turn. plain: one model call; "
+        f"{SHORT_CONVERSATION_TURNS} turns after a warm-up turn, one conversation of each row "
+        "in turn, round by round. plain: one model call; "
         "tool: model -> calculator -> model; rejected: an empty message, refused by the update "
         "validator (one workflow task, no activity: the floor of any durable turn). In-memory: "
         "the same activities and model in a plain asyncio loop, no Temporal.",
