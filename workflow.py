@@ -17,7 +17,7 @@ import json
 from collections import deque
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -125,6 +125,7 @@ class DurableAgentWorkflow:
         self._turn = _Inbound(0, "")
         self._pending: dict[str, PendingApproval] = {}
         self._decisions: dict[str, ToolDecision] = {}
+        self._expired: dict[str, str] = {}  # call id -> when it expired (ISO 8601)
         self._stream = WorkflowStream(session.stream)
         self._last_turn_offset = 0
         self._subagents: list[Subagent] = []
@@ -200,7 +201,8 @@ class DurableAgentWorkflow:
         if decision.call_id not in self._pending:
             # Accepted, but the call expired or the chat ended in the same moment.
             raise ApplicationError(
-                f"Tool call {decision.call_id} no longer waits for a decision.",
+                self._undecidable(decision.call_id)
+                or f"Tool call {decision.call_id} no longer waits for a decision.",
                 type="NotPending",
                 non_retryable=True,
             )
@@ -209,13 +211,27 @@ class DurableAgentWorkflow:
 
     @decide_tool_call.validator
     def _validate_decision(self, decision: ToolDecision) -> None:
-        if decision.call_id in self._decisions:
-            raise ValueError(f"Tool call {decision.call_id} has already been decided.")
-        if decision.call_id not in self._pending:
+        if refusal := self._undecidable(decision.call_id):
+            raise ValueError(refusal)
+        # A decision that reaches a worker after the call's expiry is refused, even when
+        # the expiry's timer has not fired yet here: after a restart, both can arrive in
+        # the same workflow task, and the decision would be applied first. Only here, in
+        # the validator, which replay does not run: a check in the handler or after the
+        # wait would replay differently any history that recorded such a decision.
+        pending = self._pending[decision.call_id]
+        if pending.expires_at and workflow.now() >= datetime.fromisoformat(pending.expires_at):
+            raise ValueError(_expiry_refusal(decision.call_id, pending.expires_at))
+
+    def _undecidable(self, call_id: str) -> str | None:
+        """Why a decision on `call_id` is refused whatever the time, or None."""
+        if call_id in self._expired:
+            return _expiry_refusal(call_id, self._expired[call_id])
+        if call_id in self._decisions:
+            return f"Tool call {call_id} has already been decided."
+        if call_id not in self._pending:
             waiting = ", ".join(self._pending) or "none"
-            raise ValueError(
-                f"No tool call {decision.call_id} waits for approval (waiting: {waiting})."
-            )
+            return f"No tool call {call_id} waits for approval (waiting: {waiting})."
+        return None
 
     @workflow.signal
     def end_chat(self) -> None:
@@ -346,15 +362,12 @@ class DurableAgentWorkflow:
         if self._session.task is not None:  # Nobody watches a subagent to decide.
             return _not_run(call, "a subagent cannot ask for approval; the parent agent can")
         now, timeout_s = workflow.now(), call.approval_timeout_s
-        self._decisions.pop(call.id, None)  # Models may reuse a call id in a later turn.
-        expires_at = now + timedelta(seconds=timeout_s) if timeout_s else None
+        # Models may reuse a call id in a later turn.
+        self._decisions.pop(call.id, None)
+        self._expired.pop(call.id, None)
+        expires_at = (now + timedelta(seconds=timeout_s)).isoformat() if timeout_s else None
         self._pending[call.id] = PendingApproval(
-            call.id,
-            call.name,
-            call.arguments,
-            now.isoformat(),
-            self._turn.update_id,
-            expires_at.isoformat() if expires_at else None,
+            call.id, call.name, call.arguments, now.isoformat(), self._turn.update_id, expires_at
         )
         self._publish_approval(call, "requested")
         try:
@@ -363,7 +376,7 @@ class DurableAgentWorkflow:
             )
         except asyncio.TimeoutError:
             why = f"no decision within {timeout_s:g} s"
-            self._decisions[call.id] = ToolDecision(call.id, False, why)  # Late ones: refused.
+            self._expired[call.id] = expires_at or ""  # Late decisions: refused as expired.
             self._publish_approval(call, "expired", why)
             return _not_run(call, why)
         finally:
@@ -513,6 +526,10 @@ def _not_run(call: ToolCall, why: str) -> ToolResult:
     """The result the model sees for a call that was denied or expired: not an error of
     the turn, just a fact it can answer from."""
     return ToolResult(call.id, call.name, f"Not run: {why}.")
+
+
+def _expiry_refusal(call_id: str, expires_at: str) -> str:
+    return f"Tool call {call_id} expired at {expires_at}: it was not run."
 
 
 def _tool_error(call: ToolCall, why: str) -> ToolResult:
