@@ -44,6 +44,7 @@ with workflow.unsafe.imports_passed_through():
     from contract import (
         ApprovalEvent,
         DeltaTarget,
+        InvalidSessionInput,
         Message,
         PendingApproval,
         Plan,
@@ -57,6 +58,7 @@ with workflow.unsafe.imports_passed_through():
         ToolResult,
         Transcript,
         TurnEvent,
+        check_session_input,
     )
 
 MAX_MESSAGE_CHARS = 8_000
@@ -108,15 +110,21 @@ class _Outcome:
     error: str = ""
 
 
-@workflow.defn
+# An input that does not decode or makes no sense fails the workflow with its reason: no
+# worker could ever run it. Any other exception in this code is a bug, and fails only the
+# workflow task, which Temporal retries until a fixed worker runs it.
+@workflow.defn(failure_exception_types=[InvalidSessionInput])
 class DurableAgentWorkflow:
     """One conversation. The workflow id is the session id."""
 
+    # `None` only so that a start with no input, or null, is refused with a reason instead
+    # of failing every workflow task on the missing argument. `run` refuses a bad input
+    # first thing; until then, the defaults stand in for one that is not a SessionInput.
     @workflow.init
-    def __init__(self, session: SessionInput) -> None:
-        self._session = session
-        self._messages = list(session.messages)
-        self._earlier_messages = session.earlier_messages
+    def __init__(self, session: SessionInput | None = None) -> None:
+        self._session = session if isinstance(session, SessionInput) else SessionInput()
+        self._messages = list(self._session.messages)
+        self._earlier_messages = self._session.earlier_messages
         self._inbox: deque[_Inbound] = deque()
         self._outcomes: dict[int, _Outcome] = {}
         self._received = 0
@@ -126,14 +134,15 @@ class DurableAgentWorkflow:
         self._pending: dict[str, PendingApproval] = {}
         self._decisions: dict[str, ToolDecision] = {}
         self._expired: dict[str, str] = {}  # call id -> when it expired (ISO 8601)
-        self._stream = WorkflowStream(session.stream)
+        self._stream = WorkflowStream(self._session.stream)
         self._last_turn_offset = 0
         self._subagents: list[Subagent] = []
 
     @workflow.run
-    async def run(self, session: SessionInput) -> Transcript:
-        if session.task is not None:  # A subagent: one task, no chat.
-            return await self._answer_task(session.task)
+    async def run(self, session: SessionInput | None = None) -> Transcript:
+        check_session_input(session)  # InvalidSessionInput: the workflow fails with why
+        if self._session.task is not None:  # A subagent: one task, no chat.
+            return await self._answer_task(self._session.task)
         # Messages are answered one at a time, in the order their updates were accepted.
         while not self._ended:
             # Between turns: hand over to a fresh run before the history grows large.
