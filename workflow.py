@@ -197,6 +197,8 @@ class DurableAgentWorkflow:
             raise ValueError("This is a subagent: it answers its parent's task, not messages.")
         if self._ended:
             raise ValueError("This chat has ended. Start a new session to keep talking.")
+        if not isinstance(text, str):  # A client that is not ours; the SDK passed it on.
+            raise ValueError(f"The message must be a text, not {type(text).__name__}.")
         if not text.strip():
             raise ValueError("The message is empty.")
         if len(text) > MAX_MESSAGE_CHARS:
@@ -220,6 +222,8 @@ class DurableAgentWorkflow:
 
     @decide_tool_call.validator
     def _validate_decision(self, decision: ToolDecision) -> None:
+        if not isinstance(decision, ToolDecision):  # null, or more than one argument
+            raise ValueError('A decision is {"call_id": ..., "approved": ..., "reason": ...}.')
         if refusal := self._undecidable(decision.call_id):
             raise ValueError(refusal)
         # A decision that reaches a worker after the call's expiry is refused, even when

@@ -137,6 +137,28 @@ async def test_a_conversation_started_by_another_client_with_valid_json_works(
     assert await say(client.get_workflow_handle(started.id), "What is 2 + 2?") == "2 + 2 = 4"
 
 
+async def test_malformed_updates_from_another_client_are_refused_and_the_chat_goes_on(
+    temporal: WorkflowEnvironment, client: Client, task_queue: str, worker: object
+):
+    started = await temporal.client.start_workflow(
+        "DurableAgentWorkflow", {}, id=f"foreign-{uuid.uuid4()}", task_queue=task_queue
+    )
+    handle = client.get_workflow_handle(started.id)  # reads failures even when encrypted
+    refusals = []
+    malformed = [("send_message", 5), ("send_message", None), ("decide_tool_call", None)]
+    for update, argument in malformed:
+        with pytest.raises(WorkflowUpdateFailedError) as refused:
+            await handle.execute_update(update, argument)
+        refusals.append(str(refused.value.cause))
+
+    assert refusals == [
+        "ValueError: The message must be a text, not int.",
+        "ValueError: The message must be a text, not NoneType.",
+        'ValueError: A decision is {"call_id": ..., "approved": ..., "reason": ...}.',
+    ]
+    assert await say(handle, "What is 2 + 2?") == "2 + 2 = 4"
+
+
 def test_fault_switches_reject_unknown_or_malformed_values():
     assert Faults.from_env({"FAULT_LLM_FAILURES": "3"}) == Faults(llm_failures=3)
     for env, complaint in [
