@@ -13,9 +13,6 @@ import math
 
 from contract import Budget, Usage
 
-LIMITS = {"calls": "model_calls", "tokens": "tokens", "cost": "cost_usd"}
-"""The client's names for the limits (`--budget calls=20,cost=0.5`), and their fields."""
-
 
 def budget_problem(budget: Budget) -> str | None:
     """Why `budget` makes no sense, in one line; None if it does."""
@@ -35,7 +32,8 @@ def limit_reached(budget: Budget, spent: Usage) -> str | None:
     """The limit that `spent` has reached, said as the user reads it; None while every
     limit has room. An unknown cost counts as reached: a cost limit cannot hold then."""
     if budget.model_calls is not None and spent.model_calls >= budget.model_calls:
-        return f"{budget.model_calls} model calls (used: {spent.model_calls})"
+        plural = "" if budget.model_calls == 1 else "s"
+        return f"{budget.model_calls} model call{plural} (used: {spent.model_calls})"
     if budget.tokens is not None and spent.tokens >= budget.tokens:
         return f"{budget.tokens} tokens (used: {spent.tokens})"
     if budget.cost_usd is not None:
