@@ -145,6 +145,7 @@ class DurableAgentWorkflow:
         self._budget = session.budget
         self._usage = session.usage
         self._last_turn = session.last_turn
+        self._reports: list[asyncio.Task[None]] = []
 
     @workflow.run
     async def run(self, session: SessionInput) -> Transcript:
@@ -291,11 +292,11 @@ class DurableAgentWorkflow:
             raise ValueError(problem)
 
     @workflow.signal
-    async def subagent_usage(self, report: SubagentUsage) -> None:
+    def subagent_usage(self, report: SubagentUsage) -> None:
         """A subagent of this run reports what a model call used; it counts here too (and,
         in a subagent, is passed on up). Reports from anyone else are ignored."""
         if any(child.workflow_id == report.workflow_id for child in self._subagents):
-            await self._spent(report.usage)
+            self._spent(report.usage)
 
     def _turn_span(self, message: _Inbound) -> AbstractContextManager[trace.Span]:
         """The turn as a span, `agent.turn`, under the update that asked for it; the model
@@ -351,7 +352,7 @@ class DurableAgentWorkflow:
                 result_type=Plan,
                 **PLAN_OPTIONS,
             )
-            await self._spent(plan.usage)
+            self._spent(plan.usage)
             self._messages.append(Message("assistant", plan.reply, plan.tool_calls))
             if not plan.tool_calls:
                 self._ended = self._ended or plan.end_chat
@@ -378,22 +379,20 @@ class DurableAgentWorkflow:
         if stop := refusal(self._budget, self._usage, workflow.info().workflow_id, subagent):
             raise _BudgetReached(stop)
 
-    async def _spent(self, usage: Usage) -> None:
+    def _spent(self, usage: Usage) -> None:
         """Count what a model call used, this agent's or a subagent's, in the turn's and
-        the conversation's totals. A subagent also signals it to its parent at once, and
-        waits until it is delivered: so its parent counts every call it made, however it
-        ends (answered, failed, cancelled, timed out), before it learns how it ended."""
+        the conversation's totals. A subagent also signals it to its parent at once (the
+        signal goes out with its next step, which does not wait for it): so its parent
+        counts every call it made, however it ends (answered, failed, cancelled, timed
+        out). `_answer_task` waits for the signals before it ends, so that a parent
+        always has them before it learns how its subagent ended."""
         self._usage += usage
         if self._last_turn is not None:
             self._last_turn = TurnUsage(self._last_turn.turn, self._last_turn.usage + usage)
         parent = workflow.info().parent
-        if parent is None or not workflow.patched(REPORTS_USAGE):
-            return
-        report = SubagentUsage(workflow.info().workflow_id, usage)
-        with suppress(FailureError):  # The parent is gone: nobody is left to count it for.
-            await workflow.get_external_workflow_handle(parent.workflow_id).signal(
-                DurableAgentWorkflow.subagent_usage, report
-            )
+        if parent is not None and workflow.patched(REPORTS_USAGE):
+            report = SubagentUsage(workflow.info().workflow_id, usage)
+            self._reports.append(asyncio.create_task(_report(parent.workflow_id, report)))
 
     async def _run_tool(self, call: ToolCall) -> ToolResult:
         """Run one tool call, after a person approves it if the worker's policy says so."""
@@ -454,8 +453,7 @@ class DurableAgentWorkflow:
         self._working, self._last_turn = True, TurnUsage(self._turn.update_id)
         outcome = await self._answer(task)
         self._working, self._ended = False, True
-        # Its own subagents' last reports may still be on their way up through this one.
-        await workflow.wait_condition(workflow.all_handlers_finished)
+        await asyncio.gather(*self._reports)  # What it spent reaches its parent first.
         if outcome.error:
             raise ApplicationError(outcome.error, type="SubagentFailed", non_retryable=True)
         return self._transcript()
@@ -597,6 +595,14 @@ class DurableAgentWorkflow:
 
     def _transcript(self) -> Transcript:
         return Transcript(list(self._messages), self._ended, self._earlier_messages)
+
+
+async def _report(parent_id: str, usage: SubagentUsage) -> None:
+    """Signal a subagent's usage to its parent (`subagent_usage`)."""
+    with suppress(FailureError):  # The parent is gone: nobody is left to count it for.
+        await workflow.get_external_workflow_handle(parent_id).signal(
+            DurableAgentWorkflow.subagent_usage, usage
+        )
 
 
 def _not_run(call: ToolCall, why: str) -> ToolResult:
