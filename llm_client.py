@@ -292,7 +292,10 @@ def _usage(
     if response is None:  # A stream with no chunk at all: nothing came back.
         return Usage(model_calls=1)
     reported = getattr(response, "usage", None)
-    if not reported or not (reported.prompt_tokens or reported.completion_tokens):
+    if reported and (reported.prompt_tokens or reported.completion_tokens):
+        # LiteLLM prices every reply it returns: None where its list has no price.
+        cost = response._hidden_params.get("response_cost")
+    else:
         message = response.choices[0].message
         received = (message.content or "") + "".join(
             call.model_dump_json() for call in message.tool_calls or []
@@ -302,11 +305,7 @@ def _usage(
         reported = litellm.Usage(
             prompt_tokens=sent, completion_tokens=written, total_tokens=sent + written
         )
-        response.usage = reported  # What the span and the price list see, too.
-    try:
-        cost: float | None = litellm.completion_cost(completion_response=response, model=model)
-    except Exception:  # LiteLLM raises for a model that is not in its price list.
-        cost = None
+        cost = _price(model, sent, written)
     details = getattr(reported, "prompt_tokens_details", None)
     return Usage(
         model_calls=1,
@@ -315,6 +314,14 @@ def _usage(
         cached_tokens=getattr(details, "cached_tokens", None) or 0,
         cost_usd=cost,
     )
+
+
+def _price(model: str, input_tokens: int, output_tokens: int) -> float | None:
+    """What LiteLLM's price list says these tokens cost; None if it has no price."""
+    try:
+        return sum(litellm.cost_per_token(model, input_tokens, output_tokens))
+    except Exception:  # LiteLLM raises for a model that is not in its price list.
+        return None
 
 
 def _reported(response: litellm.ModelResponse | None, usage: Usage) -> dict[str, Any]:
