@@ -12,7 +12,9 @@ Failure classification, in one place:
 | bad or missing tool arguments, unknown tool,   | the model   | ToolResult(is_error=True);    |
 | arguments that are not JSON, calculator error  |             | never retried                 |
 | provider rate limit, timeout, 5xx, connection  | Temporal    | retryable ApplicationError,   |
-|                                                |             | backoff from PLAN_OPTIONS     |
+|                                                |             | backoff from PLAN_OPTIONS;    |
+|                                                |             | with LLM_FALLBACK_MODELS, a   |
+|                                                |             | fallback from attempt 3 on    |
 | provider auth, bad request, context too long,  | the user    | non-retryable ApplicationError|
 | unknown model                                  |             | naming cause and fix; the     |
 |                                                |             | update fails, the chat lives  |

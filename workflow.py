@@ -38,9 +38,9 @@ with workflow.unsafe.imports_passed_through():
     from opentelemetry import context as otel_context
     from opentelemetry import trace
 
-    # Frozen dataclasses and constants, no state: safe to share between runs. The sandbox
-    # would otherwise build every class again for each new conversation (30 ms a run
-    # here), and the data converter its decoder for each of them.
+    # Frozen dataclasses, constants and budget.py's arithmetic, no state: safe to share
+    # between runs. The sandbox would otherwise build every class again for each new
+    # conversation (30 ms a run here), and the data converter its decoder for each.
     from budget import budget_problem, refusal, shares
     from contract import (
         ApprovalEvent,
