@@ -294,7 +294,7 @@ def _usage(
     reported = getattr(response, "usage", None)
     if reported and (reported.prompt_tokens or reported.completion_tokens):
         # LiteLLM prices every reply it returns: None where its list has no price.
-        cost = response._hidden_params.get("response_cost")
+        cost = (getattr(response, "_hidden_params", None) or {}).get("response_cost")
     else:
         message = response.choices[0].message
         received = (message.content or "") + "".join(
