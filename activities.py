@@ -12,7 +12,9 @@ Failure classification, in one place:
 | bad or missing tool arguments, unknown tool,   | the model   | ToolResult(is_error=True);    |
 | arguments that are not JSON, calculator error  |             | never retried                 |
 | provider rate limit, timeout, 5xx, connection  | Temporal    | retryable ApplicationError,   |
-|                                                |             | backoff from PLAN_OPTIONS     |
+|                                                |             | backoff from PLAN_OPTIONS;    |
+|                                                |             | with LLM_FALLBACK_MODELS, a   |
+|                                                |             | fallback from attempt 3 on    |
 | provider auth, bad request, context too long,  | the user    | non-retryable ApplicationError|
 | unknown model                                  |             | naming cause and fix; the     |
 |                                                |             | update fails, the chat lives  |
@@ -42,7 +44,7 @@ from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 import llm_client
 import tools
 from contract import Plan, PlanRequest, RetryNotice, TextDelta, ToolCall, ToolResult
-from llm_client import LlmSettings, env_number
+from llm_client import FALLBACK_AFTER_ATTEMPTS, LlmSettings, env_number
 
 HEARTBEAT_EVERY_S = 1.0
 DELTA_BATCH = timedelta(milliseconds=100)
@@ -146,7 +148,13 @@ class AgentActivities:
             model += " (the offline scripted model; set LLM_MODEL in .env for a real one)"
         elif self._llm.api_base:
             model += f" at {self._llm.api_base}"
-        lines = [f"Model: {model}", f"Notes file: {self._notes_file}", self._approvals.describe()]
+        lines = [f"Model: {model}"]
+        if fallbacks := self._llm.fallback_models:
+            lines.append(
+                f"Fallback models: {', '.join(fallbacks)} (after {FALLBACK_AFTER_ATTEMPTS} "
+                "failed attempts of the model before, in turn)"
+            )
+        lines += [f"Notes file: {self._notes_file}", self._approvals.describe()]
         switches = self._faults.describe()
         lines += [f"Fault switch on: {line}" for line in switches] or ["Fault switches: none"]
         if self._trace_content:
@@ -168,9 +176,13 @@ class AgentActivities:
         ]
         if request.can_delegate:  # The workflow runs it, as a child workflow.
             offered.append(llm_client.DELEGATE_SCHEMA)
+        attempt = activity.info().attempt
+        llm = self._llm.for_attempt(attempt)
+        if llm.model != self._llm.model:
+            activity.logger.info("plan_next_action attempt %d falls back to %s", attempt, llm.model)
         try:
             self._faults.before_model_call()
-            plan = await _heartbeating(self._plan(request, offered))
+            plan = await _heartbeating(self._plan(llm, request, offered))
         except Exception as err:
             if classified := llm_client.classify_provider_error(err):
                 # One line in the worker log; the error is BENIGN, so the SDK adds no stack
@@ -179,17 +191,24 @@ class AgentActivities:
                 outcome = "not retried" if classified.non_retryable else "Temporal retries"
                 activity.logger.warning(
                     "plan_next_action attempt %d failed, %s: %s",
-                    activity.info().attempt,
+                    attempt,
                     outcome,
                     classified.message,
                 )
                 raise classified from None
             raise
         chosen = ", ".join(call.name for call in plan.tool_calls) or "reply"
-        activity.logger.info("plan_next_action -> %s", "end_chat" if plan.end_chat else chosen)
+        activity.logger.info(
+            "plan_next_action -> %s (%s, %d tokens)",
+            "end_chat" if plan.end_chat else chosen,
+            plan.model,
+            plan.usage.tokens,
+        )
         return dataclasses.replace(plan, tool_calls=[self._stamped(c) for c in plan.tool_calls])
 
-    async def _plan(self, request: PlanRequest, offered: list[dict[str, Any]]) -> Plan:
+    async def _plan(
+        self, llm: LlmSettings, request: PlanRequest, offered: list[dict[str, Any]]
+    ) -> Plan:
         """The model call; streamed to the workflow's `delta` topic if someone watches.
 
         The stream is a view: the `Plan` this returns, recorded in the history, is the
@@ -199,7 +218,7 @@ class AgentActivities:
         target, attempt = request.stream_to, activity.info().attempt
         traced = {"attempt": attempt, "trace_content": self._trace_content}
         if target is None:
-            return await llm_client.plan(self._llm, request.conversation, offered, **traced)
+            return await llm_client.plan(llm, request.conversation, offered, **traced)
         stream = WorkflowStreamClient.from_within_activity(batch_interval=DELTA_BATCH)
         async with stream:  # Flushes what is left before the activity completes.
             if attempt > 1:
@@ -211,7 +230,7 @@ class AgentActivities:
                 deltas.publish(TextDelta(target.turn, target.step, text))
 
             return await llm_client.plan(
-                self._llm, request.conversation, offered, on_text=publish, **traced
+                llm, request.conversation, offered, on_text=publish, **traced
             )
 
     def _stamped(self, call: ToolCall) -> ToolCall:

@@ -42,6 +42,7 @@ SHORT_CONVERSATION_TURNS = 10
 SCRIPTED_WORKER_ENV = {
     "OTEL_TRACES_EXPORTER": "none",
     "LLM_MODEL": "",
+    "LLM_FALLBACK_MODELS": "",
     "LLM_CONTEXT_TOKENS": "",
     "SCRIPTED_LATENCY_MS": "0",
     "FAULT_LLM_FAILURES": "0",
@@ -225,7 +226,11 @@ class Lab:
         assert client is not None
         settings = {**SCRIPTED_WORKER_ENV, "NOTES_FILE": str(self.workdir / "notes.jsonl")}
         if env.pop("REAL_MODEL", None):
-            del settings["LLM_MODEL"], settings["LLM_CONTEXT_TOKENS"]
+            del (
+                settings["LLM_MODEL"],
+                settings["LLM_CONTEXT_TOKENS"],
+                settings["LLM_FALLBACK_MODELS"],
+            )
         log = self.workdir / f"worker-{len(self.processes)}.log"
         address = client.service_client.config.target_host
         process = worker.WorkerProcess(address, task_queue, log, {**settings, **env})
@@ -375,6 +380,10 @@ class Conversation:
         self.report.failures.append(f"{self.label}: an empty message was accepted")
         return None
 
+    async def tokens(self) -> int:
+        """Input plus output tokens the conversation's model calls used so far."""
+        return (await self.handle.query(DurableAgentWorkflow.usage)).conversation.tokens
+
     async def history(self) -> tuple[int, int]:
         """The current run's history: (events, bytes)."""
         info = (await self.handle.describe()).raw_description.workflow_execution_info
@@ -403,9 +412,10 @@ async def short_conversations(
     think_s: float = 0.0,
     stream: bool = False,
     bare_activities: int = 0,
-) -> tuple[list[float], list[float]]:
+) -> tuple[list[float], list[float], int]:
     """`count` turns in fresh conversations of ten, each after one unmeasured warm-up turn:
-    their latencies and, when streamed, their times to the first piece of text.
+    their latencies, when streamed their times to the first piece of text, and the tokens
+    their model calls used (the `usage` query, before and after; none for the floor).
 
     A conversation's turns slow down as its context grows (the growth section measures
     that); short conversations keep it out of figures that are about something else.
@@ -413,6 +423,7 @@ async def short_conversations(
     """
     latencies: list[float] = []
     first_deltas: list[float] = []
+    tokens = 0
     for first in range(0, count, SHORT_CONVERSATION_TURNS):
         if bare_activities:
             assert task_queue is not None
@@ -424,9 +435,11 @@ async def short_conversations(
         await conversation.turns_of(1, same(text), expect, think_s)
         conversation.first_deltas.clear()
         turns = min(SHORT_CONVERSATION_TURNS, count - first)
+        before = 0 if bare_activities else await conversation.tokens()
         latencies += await conversation.turns_of(turns, same(text), expect, think_s)
         first_deltas += conversation.first_deltas
-    return latencies, first_deltas
+        tokens += 0 if bare_activities else await conversation.tokens() - before
+    return latencies, first_deltas, tokens
 
 
 async def crash(

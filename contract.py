@@ -106,6 +106,75 @@ class DeltaTarget:
 
 
 @dataclass(frozen=True)
+class Usage:
+    """What model calls used, and what they cost. Usages add up with `+`.
+
+    Tokens are the provider's counts, or LiteLLM's where the provider reports none (the
+    scripted model); the cost is from LiteLLM's price list: zero for the scripted model,
+    None once any call was made by a model that list has no price for.
+    """
+
+    model_calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    """Input tokens the provider served from its prompt cache (part of input_tokens)."""
+    cost_usd: float | None = 0.0
+
+    @property
+    def tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    def __add__(self, other: "Usage") -> "Usage":
+        unknown = self.cost_usd is None or other.cost_usd is None
+        return Usage(
+            self.model_calls + other.model_calls,
+            self.input_tokens + other.input_tokens,
+            self.output_tokens + other.output_tokens,
+            self.cached_tokens + other.cached_tokens,
+            None if unknown else self.cost_usd + other.cost_usd,
+        )
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What a conversation may spend, its subagents included; None: no limit. Set in
+    `SessionInput.budget`, changed with the `set_budget` update (docs/usage.md)."""
+
+    model_calls: int | None = None
+    tokens: int | None = None
+    """Input plus output tokens."""
+    cost_usd: float | None = None
+
+
+@dataclass(frozen=True)
+class TurnUsage:
+    """What one turn spent; `turn` is the id of the `send_message` update that asked for it."""
+
+    turn: str
+    usage: Usage = field(default_factory=Usage)
+
+
+@dataclass(frozen=True)
+class UsageReport:
+    """The `usage` query: the conversation's totals (earlier runs and subagents included),
+    the latest turn's (None before the first), and the limits."""
+
+    conversation: Usage
+    last_turn: TurnUsage | None
+    budget: Budget
+
+
+@dataclass(frozen=True)
+class SubagentUsage:
+    """Signal `subagent_usage`: what a subagent's model call used, sent by the subagent to
+    its parent, which adds it to its own totals."""
+
+    workflow_id: str
+    usage: Usage
+
+
+@dataclass(frozen=True)
 class PlanRequest:
     """Input of `plan_next_action`. `tools` None offers every tool the worker has;
     `stream_to` None: nobody watches this turn's text arrive, so it is not streamed;
@@ -123,12 +192,16 @@ class Plan:
 
     `context_dropped` counts the oldest messages of the request that did not fit the
     model's context budget; the workflow forgets them, which keeps its state bounded.
+    `usage` is what the call used, `model` the model that answered (a fallback's, if the
+    primary kept failing); histories written before they existed read as zero and "".
     """
 
     reply: str = ""
     tool_calls: list[ToolCall] = field(default_factory=list)
     end_chat: bool = False
     context_dropped: int = 0
+    usage: Usage = field(default_factory=Usage)
+    model: str = ""
 
 
 @dataclass(frozen=True)
@@ -153,6 +226,12 @@ class SessionInput:
     """Delegations above this agent: 0 for a conversation, 1 for its subagents."""
     max_delegation_depth: int = MAX_DELEGATION_DEPTH
     subagent_timeout_s: float = SUBAGENT_TIMEOUT_S
+    budget: Budget = field(default_factory=Budget)
+    """Limits on model calls, tokens and cost; a subagent's is its share of what remains."""
+    usage: Usage = field(default_factory=Usage)
+    """What the conversation spent in earlier runs."""
+    last_turn: TurnUsage | None = None
+    """What the latest turn spent, carried over so the `usage` query still shows it."""
 
     def check(self) -> None:
         """Raise InvalidSessionInput naming the first field whose value makes no sense."""

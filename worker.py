@@ -142,13 +142,15 @@ def configured_activities() -> AgentActivities:
     from tools import ApprovalPolicy, registry
 
     llm = LlmSettings.from_env()
-    if missing := llm.missing_keys():
-        # The OpenAI client will not send a request without a key, even to a local server.
-        local = f" (a server that checks no key takes any, e.g. {missing[0]}=unused)"
-        raise ValueError(
-            f"LLM_MODEL={llm.model} needs {', '.join(missing)}: add it to .env"
-            + (local if llm.api_base else "")
-        )
+    for model in llm.models():  # The primary, then each fallback: all checked now.
+        if missing := model.missing_keys():
+            # The OpenAI client will not send a request without a key, even to a local server.
+            local = f" (a server that checks no key takes any, e.g. {missing[0]}=unused)"
+            which = "LLM_MODEL=" if model is llm else "LLM_FALLBACK_MODELS: "
+            raise ValueError(
+                f"{which}{model.model} needs {', '.join(missing)}: add it to .env"
+                + (local if model.api_base else "")
+            )
     notes_file = Path(os.environ.get("NOTES_FILE") or DEFAULT_NOTES_FILE)
     approvals = ApprovalPolicy.from_env(os.environ, registry(notes_file))
     content = tracing.include_content(os.environ)

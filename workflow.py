@@ -15,7 +15,7 @@ import asyncio
 import dataclasses
 import json
 from collections import deque
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -38,11 +38,13 @@ with workflow.unsafe.imports_passed_through():
     from opentelemetry import context as otel_context
     from opentelemetry import trace
 
-    # Frozen dataclasses and constants, no state: safe to share between runs. The sandbox
-    # would otherwise build every class again for each new conversation (30 ms a run
-    # here), and the data converter its decoder for each of them.
+    # Frozen dataclasses, constants and budget.py's arithmetic, no state: safe to share
+    # between runs. The sandbox would otherwise build every class again for each new
+    # conversation (30 ms a run here), and the data converter its decoder for each.
+    from budget import budget_problem, refusal, shares
     from contract import (
         ApprovalEvent,
+        Budget,
         DeltaTarget,
         InvalidSessionInput,
         Message,
@@ -52,12 +54,16 @@ with workflow.unsafe.imports_passed_through():
         SessionInput,
         Status,
         Subagent,
+        SubagentUsage,
         ToolCall,
         ToolDecision,
         ToolEvent,
         ToolResult,
         Transcript,
         TurnEvent,
+        TurnUsage,
+        Usage,
+        UsageReport,
         check_session_input,
     )
 
@@ -92,6 +98,9 @@ TOOL_OPTIONS = {
 
 # Subagents: a `delegate` call runs this same loop on a task, as a child workflow.
 DELEGATE_TOOL = "delegate"
+# A subagent signals its parent what each of its model calls used. Histories recorded
+# before it did have no such signal: replay them without sending one.
+REPORTS_USAGE = "subagent-reports-usage"
 
 
 @dataclass(frozen=True)
@@ -108,6 +117,11 @@ class _Inbound:
 class _Outcome:
     reply: str = ""
     error: str = ""
+
+
+class _BudgetReached(Exception):
+    """The budget allows no further model call; the message says which limit, and how to
+    raise it."""
 
 
 # An input that does not decode or makes no sense fails the workflow with its reason: no
@@ -137,10 +151,16 @@ class DurableAgentWorkflow:
         self._stream = WorkflowStream(self._session.stream)
         self._last_turn_offset = 0
         self._subagents: list[Subagent] = []
+        self._budget = self._session.budget
+        self._usage = self._session.usage
+        self._last_turn = self._session.last_turn
+        self._reports: list[asyncio.Task[None]] = []
 
     @workflow.run
     async def run(self, session: SessionInput | None = None) -> Transcript:
         check_session_input(session)  # InvalidSessionInput: the workflow fails with why
+        if problem := budget_problem(self._session.budget):
+            raise InvalidSessionInput(f"budget: {problem}")
         if self._session.task is not None:  # A subagent: one task, no chat.
             return await self._answer_task(self._session.task)
         # Messages are answered one at a time, in the order their updates were accepted.
@@ -153,10 +173,12 @@ class DurableAgentWorkflow:
                 break
             message = self._inbox.popleft()
             self._working, self._turn = True, message
+            self._last_turn = TurnUsage(message.update_id)
             with self._turn_span(message) as span:
                 outcome = await self._answer(message.text)
                 if outcome.error:
                     span.set_status(trace.StatusCode.ERROR)
+                span.set_attributes(_usage_attributes(self._last_turn.usage))
             self._outcomes[message.number] = outcome
             self._working = False
             self._publish("turn", TurnEvent(message.update_id, outcome.reply, outcome.error))
@@ -282,6 +304,33 @@ class DurableAgentWorkflow:
         """Child workflows this run started, oldest first: what a client shows, one a line."""
         return list(self._subagents)
 
+    @workflow.query
+    def usage(self) -> UsageReport:
+        """What the conversation and its latest turn spent (subagents included), and the
+        limits."""
+        return UsageReport(self._usage, self._last_turn, self._budget)
+
+    @workflow.update
+    def set_budget(self, budget: Budget) -> UsageReport:
+        """Replace the conversation's limits; they apply from its next model call. A
+        subagent already running keeps the share it started with."""
+        self._budget = budget
+        return self.usage()
+
+    @set_budget.validator
+    def _validate_budget(self, budget: Budget) -> None:
+        if not isinstance(budget, Budget):  # null, from a client that is not ours
+            raise ValueError('A budget is {"model_calls": ..., "tokens": ..., "cost_usd": ...}.')
+        if problem := budget_problem(budget):
+            raise ValueError(problem)
+
+    @workflow.signal
+    def subagent_usage(self, report: SubagentUsage) -> None:
+        """A subagent of this run reports what a model call used; it counts here too (and,
+        in a subagent, is passed on up). Reports from anyone else are ignored."""
+        if any(child.workflow_id == report.workflow_id for child in self._subagents):
+            self._spent(report.usage)
+
     def _turn_span(self, message: _Inbound) -> AbstractContextManager[trace.Span]:
         """The turn as a span, `agent.turn`, under the update that asked for it; the model
         calls and tools of the turn go under it. No message text: content stays in the
@@ -309,6 +358,11 @@ class DurableAgentWorkflow:
                 raise  # The workflow is being cancelled, not the turn failing: end cancelled.
             del self._messages[turn_start:]
             return _Outcome(error=_explain(err))
+        except _BudgetReached as stop:
+            if self._session.task is not None:  # A subagent fails: its parent's model reads why.
+                return _Outcome(error=str(stop))
+            self._messages.append(Message("assistant", str(stop)))
+            return _Outcome(reply=str(stop))  # The turn ends; the chat goes on.
         # Forget what no longer fits the model's context: the state stays bounded.
         del self._messages[: final.context_dropped]
         self._earlier_messages += final.context_dropped
@@ -318,6 +372,7 @@ class DurableAgentWorkflow:
         """plan -> tools -> plan -> ... -> reply: the loop the paper makes durable."""
         plan = Plan()
         for step in range(self._session.max_model_steps_per_turn):
+            self._check_budget()
             stream_to = DeltaTarget(self._turn.update_id, step) if self._turn.stream else None
             plan = await workflow.execute_activity(
                 "plan_next_action",
@@ -330,6 +385,7 @@ class DurableAgentWorkflow:
                 result_type=Plan,
                 **PLAN_OPTIONS,
             )
+            self._spent(plan.usage)
             self._messages.append(Message("assistant", plan.reply, plan.tool_calls))
             if not plan.tool_calls:
                 self._ended = self._ended or plan.end_chat
@@ -349,6 +405,27 @@ class DurableAgentWorkflow:
         )
         self._messages.append(Message("assistant", reply))
         return Plan(reply=reply, context_dropped=plan.context_dropped)
+
+    def _check_budget(self) -> None:
+        """Before each model call: once a limit is reached, no further call (budget.py)."""
+        subagent = self._session.task is not None
+        if stop := refusal(self._budget, self._usage, workflow.info().workflow_id, subagent):
+            raise _BudgetReached(stop)
+
+    def _spent(self, usage: Usage) -> None:
+        """Count what a model call used, this agent's or a subagent's, in the turn's and
+        the conversation's totals. A subagent also signals it to its parent at once (the
+        signal goes out with its next step, which does not wait for it): so its parent
+        counts every call it made, however it ends (answered, failed, cancelled, timed
+        out). `_answer_task` waits for the signals before it ends, so that a parent
+        always has them before it learns how its subagent ended."""
+        self._usage += usage
+        if self._last_turn is not None:
+            self._last_turn = TurnUsage(self._last_turn.turn, self._last_turn.usage + usage)
+        parent = workflow.info().parent
+        if parent is not None and workflow.patched(REPORTS_USAGE):
+            report = SubagentUsage(workflow.info().workflow_id, usage)
+            self._reports.append(asyncio.create_task(_report(parent.workflow_id, report)))
 
     async def _run_tool(self, call: ToolCall) -> ToolResult:
         """Run one tool call, after a person approves it if the worker's policy says so."""
@@ -403,9 +480,10 @@ class DurableAgentWorkflow:
     async def _answer_task(self, task: str) -> Transcript:
         """A subagent's whole run: one turn on its parent's task, then it ends. A failed
         turn fails the child workflow, so the parent's model reads why as a tool error."""
-        self._working = True
+        self._working, self._last_turn = True, TurnUsage(self._turn.update_id)
         outcome = await self._answer(task)
         self._working, self._ended = False, True
+        await asyncio.gather(*self._reports)  # What it spent reaches its parent first.
         if outcome.error:
             raise ApplicationError(outcome.error, type="SubagentFailed", non_retryable=True)
         return self._transcript()
@@ -425,7 +503,7 @@ class DurableAgentWorkflow:
         try:
             transcript = await workflow.execute_child_workflow(
                 DurableAgentWorkflow.run,
-                self._subagent_input(task, tools),
+                self._subagent_input(task, tools, self._subagent_budget(call)),
                 id=child.workflow_id,
                 execution_timeout=timedelta(seconds=self._session.subagent_timeout_s),
                 # Cancelling this workflow cancels the child through this await. If it
@@ -453,8 +531,16 @@ class DurableAgentWorkflow:
         place = self._earlier_messages + len(self._messages)
         return f"{workflow.info().workflow_id}-delegate-{place}-{call.id}"
 
-    def _subagent_input(self, task: str, tools: list[str] | None) -> SessionInput:
-        """The child's session: the task, one level deeper, never a tool this agent lacks."""
+    def _subagent_budget(self, call: ToolCall) -> Budget:
+        """The child's share of what remains of this agent's budget: split evenly among
+        the delegations of the model reply that asked for it, which run at once."""
+        reply = next(m for m in reversed(self._messages) if call in m.tool_calls)
+        siblings = [c.id for c in reply.tool_calls if c.name == DELEGATE_TOOL]
+        return shares(self._budget, self._usage, len(siblings))[siblings.index(call.id)]
+
+    def _subagent_input(self, task: str, tools: list[str] | None, budget: Budget) -> SessionInput:
+        """The child's session: the task, one level deeper, never a tool this agent lacks,
+        its share of the budget."""
         allowed = self._session.tools
         if tools is not None:
             allowed = [name for name in dict.fromkeys(tools) if allowed is None or name in allowed]
@@ -465,6 +551,9 @@ class DurableAgentWorkflow:
             tools=allowed,
             messages=[],
             earlier_messages=0,
+            budget=budget,
+            usage=Usage(),
+            last_turn=None,
         )
 
     def _subagent_failure(self, child_id: str, err: Exception) -> str:
@@ -529,10 +618,21 @@ class DurableAgentWorkflow:
             earlier_messages=self._earlier_messages,
             earlier_turns=self._session.earlier_turns + self._received,
             stream=self._stream.get_state(),
+            budget=self._budget,
+            usage=self._usage,
+            last_turn=self._last_turn,
         )
 
     def _transcript(self) -> Transcript:
         return Transcript(list(self._messages), self._ended, self._earlier_messages)
+
+
+async def _report(parent_id: str, usage: SubagentUsage) -> None:
+    """Signal a subagent's usage to its parent (`subagent_usage`)."""
+    with suppress(FailureError):  # The parent is gone: nobody is left to count it for.
+        await workflow.get_external_workflow_handle(parent_id).signal(
+            DurableAgentWorkflow.subagent_usage, usage
+        )
 
 
 def _not_run(call: ToolCall, why: str) -> ToolResult:
@@ -565,6 +665,18 @@ def _delegation(arguments: str) -> tuple[str, list[str] | None]:
     ):
         raise ValueError("tools must be a list of tool names")
     return task, tools
+
+
+def _usage_attributes(usage: Usage) -> dict[str, int | float]:
+    """A turn's usage on its span: GenAI's token attributes, and ours for the rest."""
+    attributes: dict[str, int | float] = {
+        "gen_ai.usage.input_tokens": usage.input_tokens,
+        "gen_ai.usage.output_tokens": usage.output_tokens,
+        "agent.usage.model_calls": usage.model_calls,
+    }
+    if usage.cost_usd is not None:
+        attributes["agent.usage.cost_usd"] = usage.cost_usd
+    return attributes
 
 
 def _observation(result: ToolResult) -> str:

@@ -96,6 +96,7 @@ MALFORMED_INPUTS = [
     ([{"depth": -1}], "depth must be at least 0, not -1"),
     ([{"subagent_timeout_s": 0}], "subagent_timeout_s must be a positive number of seconds"),
     ([{"task": " "}], "task must not be empty"),
+    ([{"budget": {"tokens": -5}}], "budget: The tokens limit must be a whole number, 0 or more"),
     (
         [{"messages": [{"role": "system", "content": "obey"}]}],
         "messages[0].role must be one of user, assistant, tool, not 'system'",

@@ -161,6 +161,13 @@ async def test_a_tool_turn_is_one_tree_from_the_update_to_each_model_call(
     ]
     assert all(call.attributes["gen_ai.request.model"] == LlmSettings().model for call in calls)
     assert all(call.attributes["temporal.activity.attempt"] == 1 for call in calls)
+    # The scripted model reports no usage: LiteLLM counts it; the turn adds its calls up.
+    for kind in ("input", "output"):
+        counts = [call.attributes[f"gen_ai.usage.{kind}_tokens"] for call in calls]
+        assert all(count > 0 for count in counts)
+        assert turn.attributes[f"gen_ai.usage.{kind}_tokens"] == sum(counts)
+    assert turn.attributes["agent.usage.model_calls"] == 2
+    assert turn.attributes["agent.usage.cost_usd"] == 0.0
     assert tool.attributes["gen_ai.tool.name"] == "calculator"
     assert tool.attributes["agent.tool.outcome"] == "ok"
     assert turn.start_time < tool.start_time < tool.end_time < turn.end_time  # real durations
