@@ -241,7 +241,7 @@ class _Run:
         if value is not None:
             try:
                 self.measure(value)
-                text = value if isinstance(value, str) else json.dumps(value, default=list)
+                text = value if isinstance(value, str) else _json(value)
             except _ERRORS as err:
                 raise ProgramError(f"the program's value: {self.explain(err)}") from None
             self.printed.append(text)
@@ -582,7 +582,7 @@ class _Run:
         if self.calls > MAX_TOOL_CALLS:
             raise _Limit(f"the program made more than {MAX_TOOL_CALLS} tool calls")
         self.measure(arguments)
-        plain = json.loads(json.dumps(arguments, default=list))  # tuples, ranges: lists
+        plain = json.loads(_json(arguments))
         try:
             text = await self.call_tool(name, plain)
         except ToolFailed as failed:
@@ -735,6 +735,10 @@ def _kind(value: Any) -> str:
 
 
 _KINDS = {str: "text", list: "list", tuple: "tuple", dict: "dict"}
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, default=list)  # tuples, ranges: lists
 
 
 def _tool_value(text: str) -> Any:
