@@ -76,9 +76,8 @@ async def run(source: str, tools: Sequence[str], call_tool: ToolCaller) -> str:
 # --- Checked before anything runs --------------------------------------------------------
 
 _FUNCTION_NAMES = ("parallel", "print")  # and FUNCTIONS below, and the tools
-_STATEMENTS = (ast.Expr, ast.Assign, ast.AugAssign, ast.If, ast.For, ast.Break, ast.Continue)
 _ALLOWED = (
-    *_STATEMENTS,
+    *(ast.Expr, ast.Assign, ast.AugAssign, ast.If, ast.For, ast.Break, ast.Continue),
     *(ast.Pass, ast.Module, ast.Constant, ast.Name, ast.List, ast.Tuple, ast.Dict),
     *(ast.BinOp, ast.UnaryOp, ast.BoolOp, ast.Compare, ast.IfExp, ast.Call, ast.Attribute),
     *(ast.Subscript, ast.Slice, ast.JoinedStr, ast.FormattedValue, ast.ListComp),
@@ -103,6 +102,10 @@ _REFUSED: dict[type[ast.AST], str] = {
     ast.Starred: "* unpacking is not supported; parallel takes one comprehension instead",
     ast.NamedExpr: ":= is not supported; assign on a line of its own",
     ast.BitXor: "^ is not a power here; write 2 ** 10",
+    **dict.fromkeys(
+        (ast.BitAnd, ast.BitOr, ast.LShift, ast.RShift, ast.Invert, ast.MatMult),
+        "only the arithmetic + - * / // % ** is supported",
+    ),
 }
 
 
@@ -241,12 +244,12 @@ class _Run:
         if value is not None:
             try:
                 self.measure(value)
-                text = value if isinstance(value, str) else _json(value)
+                self.printed.append(value if isinstance(value, str) else _json(value))
             except _ERRORS as err:
                 raise ProgramError(f"the program's value: {self.explain(err)}") from None
-            self.printed.append(text)
         done = _calls(self.completed_calls)
-        return "\n".join(self.printed) or f"The program finished ({done}) and returned no value."
+        text = "".join(self.printed).removesuffix("\n")
+        return text or f"The program finished ({done}) and returned no value."
 
     async def statements(self, body: list[ast.stmt]) -> Any:
         """Run statements in order; the value of the last one, if it is an expression."""
@@ -628,9 +631,9 @@ class _Run:
             raise failures[0]
         return self.built(results)
 
-    def print(self, args: list[Any], sep: str = " ") -> None:
-        line = str(sep).join(self.text(arg) for arg in args)
-        self.printed_chars += len(line) + 1
+    def print(self, args: list[Any], sep: str = " ", end: str = "\n") -> None:
+        line = str(sep).join(self.text(arg) for arg in args) + str(end)
+        self.printed_chars += len(line)
         if self.printed_chars > MAX_TEXT_CHARS:
             raise _Limit(f"the program printed more than {MAX_TEXT_CHARS} characters")
         self.printed.append(line)

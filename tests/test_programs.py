@@ -27,6 +27,7 @@ from temporalio.client import (
     WorkflowHandle,
     WorkflowUpdateFailedError,
 )
+from test_stream_events import events_of, send
 
 from activities import AgentActivities, Faults
 from contract import SessionInput
@@ -209,6 +210,50 @@ async def test_a_denied_call_inside_a_program_stops_it_and_the_model_reads_why(
     )
     assert await tool_calls_run(session) == []  # neither note: the program stopped at line 1
     assert saved_notes(notes_file) == []
+
+
+async def test_a_denial_inside_parallel_cancels_the_sibling_call_in_flight(
+    client: Client, task_queue: str, notes_file: Path
+):
+    activities = AgentActivities(LlmSettings(), notes_file, Faults(tool_delay_s=30))
+    async with build_worker(client, task_queue, activities, max_cached_workflows=0):
+        handle = await start_session(client, task_queue)
+        program = 'parallel(weather(city="Oslo"), save_note(text="later"))'
+        turn = asyncio.create_task(say(handle, f"program: {program}"))
+        [waiting] = await approvals_waiting(handle)
+        await until(lambda: activity_running(handle, "execute_tool"))
+
+        await decide(handle, waiting.call_id, approved=False)
+        reply = await turn  # at once, not after the weather's 30 s
+
+    assert reply == (
+        "The run_program tool failed. Error: line 1: save_note was not run: "
+        "the user denied it (no reason given)."
+    )
+    kinds = [e.event_type for e in await history_events(handle)]
+    assert kinds.count(EventType.EVENT_TYPE_ACTIVITY_TASK_CANCEL_REQUESTED) == 1
+    assert await tool_calls_run(handle) == [("call_2_0-1", "weather", '{"city": "Oslo"}')]
+
+
+async def test_each_call_of_a_program_is_on_the_stream_between_the_program_s_own_events(
+    client: Client, session: WorkflowHandle
+):
+    turn, reply = send(session, THREE_CITIES)
+    events = await events_of(client, session, turn)
+
+    tools = [
+        (e.data["call_id"], e.data["name"], e.data["state"], e.data["outcome"])
+        for e in events
+        if e.topic == "tool"
+    ]
+    assert await reply == THREE_REPORTS
+    assert tools[0] == ("call_2_0", "run_program", "started", "")
+    assert tools[-1] == ("call_2_0", "run_program", "finished", "ok")
+    assert sorted(tools[1:-1]) == sorted(
+        (f"call_2_0-{n}", "weather", state, outcome)
+        for n in (1, 2, 3)
+        for state, outcome in (("started", ""), ("finished", "ok"))
+    )
 
 
 async def test_worker_killed_mid_program_resumes_without_repeating_completed_calls(
