@@ -76,14 +76,17 @@ async def run(source: str, tools: Sequence[str], call_tool: ToolCaller) -> str:
 # --- Checked before anything runs --------------------------------------------------------
 
 _FUNCTION_NAMES = ("parallel", "print")  # and FUNCTIONS below, and the tools
-_ALLOWED = (
-    *(ast.Expr, ast.Assign, ast.AugAssign, ast.If, ast.For, ast.Break, ast.Continue),
-    *(ast.Pass, ast.Module, ast.Constant, ast.Name, ast.List, ast.Tuple, ast.Dict),
-    *(ast.BinOp, ast.UnaryOp, ast.BoolOp, ast.Compare, ast.IfExp, ast.Call, ast.Attribute),
-    *(ast.Subscript, ast.Slice, ast.JoinedStr, ast.FormattedValue, ast.ListComp),
-    *(ast.DictComp, ast.GeneratorExp, ast.Await, ast.comprehension, ast.keyword),
-    *(ast.expr_context, ast.boolop, ast.cmpop, ast.Add, ast.Sub, ast.Mult, ast.Div),
-    *(ast.FloorDiv, ast.Mod, ast.Pow, ast.UAdd, ast.USub, ast.Not),
+_ALLOWED = dict.fromkeys(  # a dict, not a set: nothing here depends on hashing order
+    (
+        *(ast.Module, ast.Expr, ast.Assign, ast.AugAssign, ast.If, ast.For, ast.Break),
+        *(ast.Continue, ast.Pass, ast.Constant, ast.Name, ast.List, ast.Tuple, ast.Dict),
+        *(ast.BinOp, ast.UnaryOp, ast.BoolOp, ast.Compare, ast.IfExp, ast.Call, ast.Attribute),
+        *(ast.Subscript, ast.Slice, ast.JoinedStr, ast.FormattedValue, ast.ListComp),
+        *(ast.DictComp, ast.GeneratorExp, ast.Await, ast.comprehension, ast.keyword),
+        *(ast.Load, ast.Store, ast.And, ast.Or, ast.Eq, ast.NotEq, ast.Lt, ast.LtE, ast.Gt),
+        *(ast.GtE, ast.Is, ast.IsNot, ast.In, ast.NotIn, ast.Add, ast.Sub, ast.Mult, ast.Div),
+        *(ast.FloorDiv, ast.Mod, ast.Pow, ast.UAdd, ast.USub, ast.Not),
+    )
 )
 _NO_FUNCTIONS = "defining functions or classes is not supported; write the steps out"
 _REFUSED: dict[type[ast.AST], str] = {
@@ -143,27 +146,28 @@ def _check(tree: ast.Module, tools: Sequence[str]) -> None:
 
 
 def _problem(
-    node: ast.AST, tools: Sequence[str], depth: int, in_loop: bool, callee: bool
+    node: Any, tools: Sequence[str], depth: int, in_loop: bool, callee: bool
 ) -> str | None:
     """What is wrong with `node`, if anything (its children are checked on their own)."""
+    kind = type(node)
     if depth > MAX_NESTING:
         return f"the program nests more than {MAX_NESTING} levels deep"
-    if not isinstance(node, _ALLOWED):
-        return _REFUSED.get(type(node), f"{type(node).__name__} is not supported")
-    if isinstance(node, (ast.Break, ast.Continue)) and not in_loop:
-        return f"{type(node).__name__.lower()} outside a loop"
-    if isinstance(node, ast.Name):
+    if kind not in _ALLOWED:
+        return _REFUSED.get(kind, f"{kind.__name__} is not supported")
+    if kind is ast.Name:
         return _name_problem(node, tools, callee)
-    if isinstance(node, ast.Attribute) and (not callee or node.attr not in _METHOD_NAMES):
-        return f"no attribute {node.attr} here; the methods allowed are: {_methods_list()}"
-    if isinstance(node, ast.Call):
+    if kind is ast.Call:
         return _call_problem(node, tools)
-    if isinstance(node, (ast.keyword, ast.Dict)) and None in _unpacked(node):
+    if kind is ast.Attribute and (not callee or node.attr not in _METHOD_NAMES):
+        return f"no attribute {node.attr} here; the methods allowed are: {_methods_list()}"
+    if kind in (ast.Break, ast.Continue) and not in_loop:
+        return f"{kind.__name__.lower()} outside a loop"
+    if kind in (ast.keyword, ast.Dict) and None in _unpacked(node):
         return "** unpacking is not supported; name each item"
-    if isinstance(node, ast.comprehension) and node.is_async:
+    if kind is ast.comprehension and node.is_async:
         return "async comprehensions are not supported"
-    if isinstance(node, ast.Constant) and not isinstance(node.value, (int, float, str)):
-        return None if node.value is None else f"{type(node.value).__name__} is not supported"
+    if kind is ast.Constant and not isinstance(node.value, (int, float, str, type(None))):
+        return f"{type(node.value).__name__} is not supported"
     return None
 
 
