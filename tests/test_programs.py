@@ -27,6 +27,7 @@ from temporalio.client import (
     WorkflowHandle,
     WorkflowUpdateFailedError,
 )
+from test_approval import saved_notes
 from test_stream_events import events_of, send
 
 from activities import AgentActivities, Faults
@@ -52,12 +53,6 @@ async def tool_calls_run(handle: WorkflowHandle) -> list[tuple[str, str, str]]:
             call = json.loads(scheduled.input.payloads[0].data)
             calls.append((call["id"], call["name"], call["arguments"]))
     return calls
-
-
-def saved_notes(notes_file: Path) -> list[str]:
-    if not notes_file.exists():
-        return []
-    return [json.loads(line)["text"] for line in notes_file.read_text().splitlines()]
 
 
 @pytest.fixture
