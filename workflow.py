@@ -443,10 +443,16 @@ class DurableAgentWorkflow:
         except ValueError as problem:
             return _tool_error(call, str(problem))
         policy = call.program or ProgramPolicy(tools=[])
-        try:
-            output = await program.run(source, policy.tools, self._program_caller(call, policy))
-        except program.ProgramError as stopped:
-            return _tool_error(call, str(stopped))
+        # Its calls' spans go under this one, as the turn's steps go under the turn's.
+        tracer = trace.get_tracer(__name__)
+        with tracer.start_as_current_span(
+            "agent.program", attributes={"gen_ai.tool.call.id": call.id}
+        ) as span:
+            try:
+                output = await program.run(source, policy.tools, self._program_caller(call, policy))
+            except program.ProgramError as stopped:
+                span.set_status(trace.StatusCode.ERROR)
+                return _tool_error(call, str(stopped))
         return ToolResult(call.id, call.name, truncated(output))
 
     def _program_caller(self, call: ToolCall, policy: ProgramPolicy) -> program.ToolCaller:

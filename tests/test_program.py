@@ -260,6 +260,18 @@ HOSTILE = {
         "x = []\nfor i in range(3000):\n    x = [x]\nstr(x)",
         "line 4: RecursionError",
     ),
+    "a huge text, copied again and again": (
+        "s = 'x' * 99999\nfor i in range(4999):\n    t = s + 'y'",
+        "line 3: the program did too much work",
+    ),
+    "a big list, sorted again and again": (
+        "xs = list(range(10000))\nfor i in range(4999):\n    ys = sorted(xs)",
+        "line 3: the program did too much work",
+    ),
+    "printing without end": (
+        "for i in range(4000):\n    print('x' * 99)",
+        "line 2: the program printed more than 100000 characters",
+    ),
     "an infinite loop over a growing list": (
         "xs = [1]\nfor x in xs:\n    xs.append(x)",
         "line 2: the program ran more than 10000 steps",
