@@ -443,17 +443,20 @@ class DurableAgentWorkflow:
         except ValueError as problem:
             return _tool_error(call, str(problem))
         policy = call.program or ProgramPolicy(tools=[])
-        # Its calls' spans go under this one, as the turn's steps go under the turn's.
-        tracer = trace.get_tracer(__name__)
-        with tracer.start_as_current_span(
-            "agent.program", attributes={"gen_ai.tool.call.id": call.id}
-        ) as span:
+        with self._program_span(call) as span:
             try:
                 output = await program.run(source, policy.tools, self._program_caller(call, policy))
             except program.ProgramError as stopped:
                 span.set_status(trace.StatusCode.ERROR)
                 return _tool_error(call, str(stopped))
         return ToolResult(call.id, call.name, truncated(output))
+
+    def _program_span(self, call: ToolCall) -> AbstractContextManager[trace.Span]:
+        """The program as a span, `agent.program`, in the turn's: its calls go under it."""
+        attributes = {"gen_ai.tool.call.id": call.id}
+        return trace.get_tracer(__name__).start_as_current_span(
+            "agent.program", attributes=attributes
+        )
 
     def _program_caller(self, call: ToolCall, policy: ProgramPolicy) -> program.ToolCaller:
         """How the program's tool calls are made: each one a ToolCall of its own, with an
@@ -473,7 +476,7 @@ class DurableAgentWorkflow:
             result = await self._run_tool(inner)
             if result.is_error:
                 raise program.ToolFailed(f"{name} failed: {result.content}")
-            if result.content.startswith(NOT_RUN):
+            if inner.needs_approval and result.content.startswith(NOT_RUN):  # denied, expired
                 raise program.ToolFailed(f"{name} was not run: {result.content[len(NOT_RUN) :]}")
             return result.content
 
