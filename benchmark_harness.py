@@ -238,7 +238,7 @@ class Lab:
     def model_calls(self, workflow_id: str) -> int:
         """How many times workers ran plan_next_action for a session: one log line each."""
         session = f"'workflow_id': '{workflow_id}'"
-        lines = (line for p in self.processes for line in p.log.read_text().splitlines())
+        lines = (line for p in self.processes for line in p.log.read_text().split("\n"))
         return sum(1 for line in lines if "plan_next_action ->" in line and session in line)
 
     async def server_version(self) -> str:

@@ -7,9 +7,13 @@ stable: a new field gets a default, and no field changes its meaning. `workflow.
 is the loop that exchanges them.
 """
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
+from pydantic import GetCoreSchemaHandler, ValidationError
+from pydantic_core import CoreSchema, core_schema
 from temporalio.contrib.workflow_streams import WorkflowStreamState
 
 MAX_MODEL_STEPS_PER_TURN = 8
@@ -102,9 +106,12 @@ class PendingApproval:
     expires_at: str | None = None
 
 
+ROLES = ("user", "assistant", "tool")
+
+
 @dataclass(frozen=True)
 class Message:
-    """One chat message: role is "user", "assistant" or "tool"."""
+    """One chat message: role is one of ROLES, "user", "assistant" or "tool"."""
 
     role: str
     content: str
@@ -174,6 +181,74 @@ class SessionInput:
     allow_programs: bool = True
     """Offer `run_program`: the model may write a program that calls the tools
     (docs/programs.md). Subagents inherit it. False: the model calls tools one by one."""
+
+    def check(self) -> None:
+        """Raise InvalidSessionInput naming the first field whose value makes no sense."""
+        at_least = {
+            "max_model_steps_per_turn": 1,
+            "continue_as_new_after_events": 1,
+            "continue_as_new_after_bytes": 1,
+            "earlier_messages": 0,
+            "earlier_turns": 0,
+            "depth": 0,
+            "max_delegation_depth": 0,
+        }
+        for name, least in at_least.items():
+            if (value := getattr(self, name)) < least:
+                raise InvalidSessionInput(f"{name} must be at least {least}, not {value}")
+        if not (math.isfinite(self.subagent_timeout_s) and self.subagent_timeout_s > 0):
+            raise InvalidSessionInput(
+                f"subagent_timeout_s must be a positive number of seconds, not "
+                f"{self.subagent_timeout_s}"
+            )
+        if self.task is not None and not self.task.strip():
+            raise InvalidSessionInput("task must not be empty")
+        for number, message in enumerate(self.messages):
+            if message.role not in ROLES:
+                raise InvalidSessionInput(
+                    f"messages[{number}].role must be one of {', '.join(ROLES)}, "
+                    f"not {message.role[:40]!r}"
+                )
+
+    @classmethod
+    def __get_pydantic_core_schema__(
+        cls, source: type[Any], handler: GetCoreSchemaHandler
+    ) -> CoreSchema:
+        # The data converter decodes a workflow's input with pydantic, before any workflow
+        # code runs. Its ValidationError would fail the workflow task, again on every
+        # retry, forever; InvalidSessionInput fails the workflow (workflow.py names it).
+        # Only this type's decoding raises it: an activity result that does not decode
+        # is a bug, and still fails just the task.
+        return core_schema.no_info_wrap_validator_function(_decoded_or_refused, handler(source))
+
+
+def check_session_input(value: object) -> None:
+    """Raise InvalidSessionInput if `value`, a workflow's input, is not a sensible
+    SessionInput. No input, null and bytes reach the workflow undecoded."""
+    if not isinstance(value, SessionInput):
+        got = "no input (or null)" if value is None else type(value).__name__
+        raise InvalidSessionInput(f"expected an object, got {got}; send {{}} for the defaults")
+    value.check()
+
+
+class InvalidSessionInput(Exception):
+    """A conversation's input that does not decode or makes no sense, from a client that
+    is not ours: the workflow fails with this message. Not a ValueError, which pydantic
+    would turn back into a ValidationError."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(f"Invalid SessionInput: {problem}")
+
+
+def _decoded_or_refused(value: object, decode: Callable[[object], SessionInput]) -> SessionInput:
+    try:
+        return decode(value)
+    except ValidationError as err:
+        problems = [
+            f"{'.'.join(str(part) for part in error['loc']) or 'the input'}: {error['msg']}"
+            for error in err.errors()[:3]
+        ]
+        raise InvalidSessionInput("; ".join(problems)) from None
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import json
 from collections import deque
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from temporalio import workflow
@@ -49,6 +49,7 @@ with workflow.unsafe.imports_passed_through():
     from contract import (
         ApprovalEvent,
         DeltaTarget,
+        InvalidSessionInput,
         Message,
         PendingApproval,
         Plan,
@@ -63,6 +64,7 @@ with workflow.unsafe.imports_passed_through():
         ToolResult,
         Transcript,
         TurnEvent,
+        check_session_input,
         truncated,
     )
 
@@ -120,15 +122,21 @@ class _Outcome:
     error: str = ""
 
 
-@workflow.defn
+# An input that does not decode or makes no sense fails the workflow with its reason: no
+# worker could ever run it. Any other exception in this code is a bug, and fails only the
+# workflow task, which Temporal retries until a fixed worker runs it.
+@workflow.defn(failure_exception_types=[InvalidSessionInput])
 class DurableAgentWorkflow:
     """One conversation. The workflow id is the session id."""
 
+    # `None` only so that a start with no input, or null, is refused with a reason instead
+    # of failing every workflow task on the missing argument. `run` refuses a bad input
+    # first thing; until then, the defaults stand in for one that is not a SessionInput.
     @workflow.init
-    def __init__(self, session: SessionInput) -> None:
-        self._session = session
-        self._messages = list(session.messages)
-        self._earlier_messages = session.earlier_messages
+    def __init__(self, session: SessionInput | None = None) -> None:
+        self._session = session if isinstance(session, SessionInput) else SessionInput()
+        self._messages = list(self._session.messages)
+        self._earlier_messages = self._session.earlier_messages
         self._inbox: deque[_Inbound] = deque()
         self._outcomes: dict[int, _Outcome] = {}
         self._received = 0
@@ -137,14 +145,16 @@ class DurableAgentWorkflow:
         self._turn = _Inbound(0, "")
         self._pending: dict[str, PendingApproval] = {}
         self._decisions: dict[str, ToolDecision] = {}
-        self._stream = WorkflowStream(session.stream)
+        self._expired: dict[str, str] = {}  # call id -> when it expired (ISO 8601)
+        self._stream = WorkflowStream(self._session.stream)
         self._last_turn_offset = 0
         self._subagents: list[Subagent] = []
 
     @workflow.run
-    async def run(self, session: SessionInput) -> Transcript:
-        if session.task is not None:  # A subagent: one task, no chat.
-            return await self._answer_task(session.task)
+    async def run(self, session: SessionInput | None = None) -> Transcript:
+        check_session_input(session)  # InvalidSessionInput: the workflow fails with why
+        if self._session.task is not None:  # A subagent: one task, no chat.
+            return await self._answer_task(self._session.task)
         # Messages are answered one at a time, in the order their updates were accepted.
         while not self._ended:
             # Between turns: hand over to a fresh run before the history grows large.
@@ -199,6 +209,8 @@ class DurableAgentWorkflow:
             raise ValueError("This is a subagent: it answers its parent's task, not messages.")
         if self._ended:
             raise ValueError("This chat has ended. Start a new session to keep talking.")
+        if not isinstance(text, str):  # A client that is not ours; the SDK passed it on.
+            raise ValueError(f"The message must be a text, not {type(text).__name__}.")
         if not text.strip():
             raise ValueError("The message is empty.")
         if len(text) > MAX_MESSAGE_CHARS:
@@ -212,7 +224,8 @@ class DurableAgentWorkflow:
         if decision.call_id not in self._pending:
             # Accepted, but the call expired or the chat ended in the same moment.
             raise ApplicationError(
-                f"Tool call {decision.call_id} no longer waits for a decision.",
+                self._undecidable(decision.call_id)
+                or f"Tool call {decision.call_id} no longer waits for a decision.",
                 type="NotPending",
                 non_retryable=True,
             )
@@ -221,13 +234,29 @@ class DurableAgentWorkflow:
 
     @decide_tool_call.validator
     def _validate_decision(self, decision: ToolDecision) -> None:
-        if decision.call_id in self._decisions:
-            raise ValueError(f"Tool call {decision.call_id} has already been decided.")
-        if decision.call_id not in self._pending:
+        if not isinstance(decision, ToolDecision):  # null, or more than one argument
+            raise ValueError('A decision is {"call_id": ..., "approved": ..., "reason": ...}.')
+        if refusal := self._undecidable(decision.call_id):
+            raise ValueError(refusal)
+        # A decision that reaches a worker after the call's expiry is refused, even when
+        # the expiry's timer has not fired yet here: after a restart, both can arrive in
+        # the same workflow task, and the decision would be applied first. Only here, in
+        # the validator, which replay does not run: a check in the handler or after the
+        # wait would replay differently any history that recorded such a decision.
+        pending = self._pending[decision.call_id]
+        if pending.expires_at and workflow.now() >= datetime.fromisoformat(pending.expires_at):
+            raise ValueError(_expiry_refusal(decision.call_id, pending.expires_at))
+
+    def _undecidable(self, call_id: str) -> str | None:
+        """Why a decision on `call_id` is refused whatever the time, or None."""
+        if call_id in self._expired:
+            return _expiry_refusal(call_id, self._expired[call_id])
+        if call_id in self._decisions:
+            return f"Tool call {call_id} has already been decided."
+        if call_id not in self._pending:
             waiting = ", ".join(self._pending) or "none"
-            raise ValueError(
-                f"No tool call {decision.call_id} waits for approval (waiting: {waiting})."
-            )
+            return f"No tool call {call_id} waits for approval (waiting: {waiting})."
+        return None
 
     @workflow.signal
     def end_chat(self) -> None:
@@ -362,15 +391,12 @@ class DurableAgentWorkflow:
         if self._session.task is not None:  # Nobody watches a subagent to decide.
             return _not_run(call, "a subagent cannot ask for approval; the parent agent can")
         now, timeout_s = workflow.now(), call.approval_timeout_s
-        self._decisions.pop(call.id, None)  # Models may reuse a call id in a later turn.
-        expires_at = now + timedelta(seconds=timeout_s) if timeout_s else None
+        # Models may reuse a call id in a later turn.
+        self._decisions.pop(call.id, None)
+        self._expired.pop(call.id, None)
+        expires_at = (now + timedelta(seconds=timeout_s)).isoformat() if timeout_s else None
         self._pending[call.id] = PendingApproval(
-            call.id,
-            call.name,
-            call.arguments,
-            now.isoformat(),
-            self._turn.update_id,
-            expires_at.isoformat() if expires_at else None,
+            call.id, call.name, call.arguments, now.isoformat(), self._turn.update_id, expires_at
         )
         self._publish_approval(call, "requested")
         try:
@@ -379,7 +405,7 @@ class DurableAgentWorkflow:
             )
         except asyncio.TimeoutError:
             why = f"no decision within {timeout_s:g} s"
-            self._decisions[call.id] = ToolDecision(call.id, False, why)  # Late ones: refused.
+            self._expired[call.id] = expires_at or ""  # Late decisions: refused as expired.
             self._publish_approval(call, "expired", why)
             return _not_run(call, why)
         finally:
@@ -579,6 +605,10 @@ def _not_run(call: ToolCall, why: str) -> ToolResult:
     """The result the model sees for a call that was denied or expired: not an error of
     the turn, just a fact it can answer from."""
     return ToolResult(call.id, call.name, f"{NOT_RUN}{why}.")
+
+
+def _expiry_refusal(call_id: str, expires_at: str) -> str:
+    return f"Tool call {call_id} expired at {expires_at}: it was not run."
 
 
 def _tool_error(call: ToolCall, why: str) -> ToolResult:
