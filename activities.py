@@ -43,14 +43,22 @@ from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 import llm_client
 import tools
-from contract import Plan, PlanRequest, RetryNotice, TextDelta, ToolCall, ToolResult
+from contract import (
+    Plan,
+    PlanRequest,
+    ProgramPolicy,
+    RetryNotice,
+    TextDelta,
+    ToolCall,
+    ToolResult,
+    truncated,
+)
 from llm_client import FALLBACK_AFTER_ATTEMPTS, LlmSettings, env_number
 
 HEARTBEAT_EVERY_S = 1.0
 DELTA_BATCH = timedelta(milliseconds=100)
 """Streamed text goes to the workflow in batches: each batch is a signal in the history."""
 T = TypeVar("T")
-MAX_TOOL_RESULT_CHARS = 8_000
 
 
 @dataclass(frozen=True)
@@ -176,6 +184,8 @@ class AgentActivities:
         ]
         if request.can_delegate:  # The workflow runs it, as a child workflow.
             offered.append(llm_client.DELEGATE_SCHEMA)
+        if request.can_run_programs:  # The workflow runs it too (program.py).
+            offered.append(llm_client.PROGRAM_SCHEMA)
         attempt = activity.info().attempt
         llm = self._llm.for_attempt(attempt)
         if llm.model != self._llm.model:
@@ -204,7 +214,9 @@ class AgentActivities:
             plan.model,
             plan.usage.tokens,
         )
-        return dataclasses.replace(plan, tool_calls=[self._stamped(c) for c in plan.tool_calls])
+        names = [schema["function"]["name"] for schema in offered]
+        stamped = [self._stamped(call, names) for call in plan.tool_calls]
+        return dataclasses.replace(plan, tool_calls=stamped)
 
     async def _plan(
         self, llm: LlmSettings, request: PlanRequest, offered: list[dict[str, Any]]
@@ -233,8 +245,14 @@ class AgentActivities:
                 llm, request.conversation, offered, on_text=publish, **traced
             )
 
-    def _stamped(self, call: ToolCall) -> ToolCall:
-        """The call with this worker's approval policy on it, recorded in the history."""
+    def _stamped(self, call: ToolCall, offered: list[str]) -> ToolCall:
+        """The call with this worker's approval policy on it, recorded in the history; a
+        program's call gets the policy for the calls its program makes."""
+        if call.name == llm_client.PROGRAM_TOOL and llm_client.PROGRAM_TOOL in offered:
+            tools = [name for name in offered if name != llm_client.PROGRAM_TOOL]
+            gated = [name for name in tools if name in self._approvals.tools]
+            policy = ProgramPolicy(tools, gated, self._approvals.timeout_s)
+            return dataclasses.replace(call, program=policy)
         if call.name not in self._approvals.tools:
             return call
         return dataclasses.replace(
@@ -278,14 +296,6 @@ class AgentActivities:
         ):
             raise tools.ToolError(f"invalid arguments for {tool.name}: {problem.message}")
         return tool.run(**arguments)
-
-
-def truncated(text: str) -> str:
-    """Cap a tool result, with a marker, so one huge result cannot flood the context."""
-    if len(text) <= MAX_TOOL_RESULT_CHARS:
-        return text
-    hidden = len(text) - MAX_TOOL_RESULT_CHARS
-    return f"{text[:MAX_TOOL_RESULT_CHARS]}\n[truncated: {hidden} more characters not shown]"
 
 
 def _inject(what: str) -> None:

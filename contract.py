@@ -30,6 +30,27 @@ MAX_DELEGATION_DEPTH = 1
 """How deep delegation goes: 1 lets a conversation delegate, and its subagents not."""
 SUBAGENT_TIMEOUT_S = 600.0
 """A subagent's execution timeout; past it, the model gets a tool error instead of an answer."""
+MAX_TOOL_RESULT_CHARS = 8_000
+"""Longest tool result the model sees; `truncated` cuts longer ones, with a marker."""
+
+
+def truncated(text: str) -> str:
+    """Cap a tool result, with a marker, so one huge result cannot flood the context."""
+    if len(text) <= MAX_TOOL_RESULT_CHARS:
+        return text
+    hidden = len(text) - MAX_TOOL_RESULT_CHARS
+    return f"{text[:MAX_TOOL_RESULT_CHARS]}\n[truncated: {hidden} more characters not shown]"
+
+
+@dataclass(frozen=True)
+class ProgramPolicy:
+    """What the calls of one `run_program` call may do, stamped on it by `plan_next_action`
+    like `needs_approval`: the tools offered with it, which of them wait for a person (the
+    worker's approval policy), and for how long. The history decides, not today's worker."""
+
+    tools: list[str]
+    needs_approval: list[str] = field(default_factory=list)
+    approval_timeout_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -46,6 +67,8 @@ class ToolCall:
     needs_approval: bool = False
     approval_timeout_s: float | None = None
     """How long the call waits for a person's decision; None: as long as it takes."""
+    program: ProgramPolicy | None = None
+    """Set on a `run_program` call only: what the calls of its program may do."""
 
 
 @dataclass(frozen=True)
@@ -178,12 +201,14 @@ class SubagentUsage:
 class PlanRequest:
     """Input of `plan_next_action`. `tools` None offers every tool the worker has;
     `stream_to` None: nobody watches this turn's text arrive, so it is not streamed;
-    `can_delegate` adds the `delegate` tool, which the workflow runs itself."""
+    `can_delegate` adds the `delegate` tool and `can_run_programs` the `run_program` tool,
+    both of which the workflow runs itself."""
 
     conversation: list[Message]
     tools: list[str] | None = None
     stream_to: DeltaTarget | None = None
     can_delegate: bool = False
+    can_run_programs: bool = False
 
 
 @dataclass(frozen=True)
@@ -232,6 +257,9 @@ class SessionInput:
     """What the conversation spent in earlier runs."""
     last_turn: TurnUsage | None = None
     """What the latest turn spent, carried over so the `usage` query still shows it."""
+    allow_programs: bool = True
+    """Offer `run_program`: the model may write a program that calls the tools
+    (docs/programs.md). Subagents inherit it. False: the model calls tools one by one."""
 
     def check(self) -> None:
         """Raise InvalidSessionInput naming the first field whose value makes no sense."""

@@ -31,15 +31,17 @@ from litellm import CustomLLM
 from opentelemetry import trace
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
+import program
 from contract import Message, Plan, ToolCall, Usage
 from scripted_model import SCRIPTED_MODEL, ScriptedModel
-from workflow import DELEGATE_TOOL, MAX_MESSAGE_CHARS
+from workflow import DELEGATE_TOOL, MAX_MESSAGE_CHARS, PROGRAM_TOOL
 
 SYSTEM_PROMPT = (
     "You are a helpful assistant in a durable chat. Use the tools when they help: "
     "calculator for arithmetic, weather for the (demo) weather, save_note to remember "
     "something for the user, delegate (if offered) to hand a self-contained task to a "
-    "subagent. When the user says goodbye, call end_chat."
+    "subagent, run_program (if offered) when a task needs several tool calls. When the "
+    "user says goodbye, call end_chat."
 )
 
 DEFAULT_CONTEXT_TOKENS = 8_000
@@ -457,6 +459,28 @@ DELEGATE_SCHEMA = {
     },
 }
 """Offered while the workflow allows delegation; the workflow, not `execute_tool`, runs it."""
+
+
+PROGRAM_SCHEMA = {
+    "type": "function",
+    "function": {
+        "name": PROGRAM_TOOL,
+        "description": program.DESCRIPTION,
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "source": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": program.MAX_SOURCE_CHARS,
+                    "description": "The program, in the subset of Python described.",
+                },
+            },
+            "required": ["source"],
+        },
+    },
+}
+"""Offered unless the session turns programs off; the workflow runs it (program.py)."""
 
 
 def plan_from_reply(reply: litellm.Message) -> Plan:

@@ -13,11 +13,13 @@ of the event history, in `contract.py`.
 
 import asyncio
 import dataclasses
+import itertools
 import json
 from collections import deque
 from contextlib import AbstractContextManager, suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -38,9 +40,11 @@ with workflow.unsafe.imports_passed_through():
     from opentelemetry import context as otel_context
     from opentelemetry import trace
 
-    # Frozen dataclasses, constants and budget.py's arithmetic, no state: safe to share
-    # between runs. The sandbox would otherwise build every class again for each new
-    # conversation (30 ms a run here), and the data converter its decoder for each.
+    # Pure code and frozen dataclasses, no state between runs: safe to share. The sandbox
+    # would otherwise import each afresh for every new conversation (30 ms a run here for
+    # contract.py), and the data converter would build a decoder for each class again.
+    # budget.py is the budget's arithmetic, program.py the interpreter of model programs.
+    import program
     from budget import budget_problem, refusal, shares
     from contract import (
         ApprovalEvent,
@@ -51,6 +55,7 @@ with workflow.unsafe.imports_passed_through():
         PendingApproval,
         Plan,
         PlanRequest,
+        ProgramPolicy,
         SessionInput,
         Status,
         Subagent,
@@ -65,6 +70,7 @@ with workflow.unsafe.imports_passed_through():
         Usage,
         UsageReport,
         check_session_input,
+        truncated,
     )
 
 MAX_MESSAGE_CHARS = 8_000
@@ -101,6 +107,11 @@ DELEGATE_TOOL = "delegate"
 # A subagent signals its parent what each of its model calls used. Histories recorded
 # before it did have no such signal: replay them without sending one.
 REPORTS_USAGE = "subagent-reports-usage"
+# Programs: a `run_program` call runs the model's program here (program.py); each tool
+# call it makes takes the path of a direct call, through `_run_tool`.
+PROGRAM_TOOL = "run_program"
+NOT_RUN = "Not run: "
+"""How the result of a call that was denied, or expired, begins."""
 
 
 @dataclass(frozen=True)
@@ -381,6 +392,7 @@ class DurableAgentWorkflow:
                     self._session.tools,
                     stream_to=stream_to,
                     can_delegate=self._may_delegate(),
+                    can_run_programs=self._session.allow_programs,
                 ),
                 result_type=Plan,
                 **PLAN_OPTIONS,
@@ -430,7 +442,8 @@ class DurableAgentWorkflow:
     async def _run_tool(self, call: ToolCall) -> ToolResult:
         """Run one tool call, after a person approves it if the worker's policy says so."""
         offered = self._session.tools
-        if call.name != DELEGATE_TOOL and offered is not None and call.name not in offered:
+        run_here = (DELEGATE_TOOL, PROGRAM_TOOL)
+        if call.name not in run_here and offered is not None and call.name not in offered:
             return _tool_error(call, f"{call.name} is not one of this agent's tools")
         if call.needs_approval and (refusal := await self._approval(call)):
             self._publish_tool(call, "finished", "not run")
@@ -438,6 +451,8 @@ class DurableAgentWorkflow:
         self._publish_tool(call, "started")
         if call.name == DELEGATE_TOOL:
             result = await self._delegate(call)
+        elif call.name == PROGRAM_TOOL:
+            result = await self._run_program(call)
         else:
             result = await workflow.execute_activity(
                 "execute_tool", call, result_type=ToolResult, **TOOL_OPTIONS
@@ -520,6 +535,56 @@ class DurableAgentWorkflow:
             return _tool_error(call, self._subagent_failure(child.workflow_id, err))
         return ToolResult(call.id, call.name, transcript.messages[-1].content)
 
+    async def _run_program(self, call: ToolCall) -> ToolResult:
+        """Run a `run_program` call: the interpreter walks the model's program here, in
+        the workflow, and replay walks it again, each tool call's result coming from the
+        history. A program that cannot run, or stops, is a tool error the model reads."""
+        if not self._session.allow_programs:
+            return _tool_error(call, f"{PROGRAM_TOOL} is not offered in this conversation")
+        try:
+            source = _program_source(call.arguments)
+        except ValueError as problem:
+            return _tool_error(call, str(problem))
+        policy = call.program or ProgramPolicy(tools=[])
+        with self._program_span(call) as span:
+            try:
+                output = await program.run(source, policy.tools, self._program_caller(call, policy))
+            except program.ProgramError as stopped:
+                span.set_status(trace.StatusCode.ERROR)
+                return _tool_error(call, str(stopped))
+        return ToolResult(call.id, call.name, truncated(output))
+
+    def _program_span(self, call: ToolCall) -> AbstractContextManager[trace.Span]:
+        """The program as a span, `agent.program`, in the turn's: its calls go under it."""
+        attributes = {"gen_ai.tool.call.id": call.id}
+        return trace.get_tracer(__name__).start_as_current_span(
+            "agent.program", attributes=attributes
+        )
+
+    def _program_caller(self, call: ToolCall, policy: ProgramPolicy) -> program.ToolCaller:
+        """How the program's tool calls are made: each one a ToolCall of its own, with an
+        id from the program's and a number (call_2_0-1, call_2_0-2, ...), run by
+        `_run_tool` as if the model had asked for it: the approval gate, `delegate`'s
+        child workflow, the `tool` events, the `execute_tool` activity."""
+        numbers = itertools.count(1)
+
+        async def call_tool(name: str, arguments: dict[str, Any]) -> str:
+            inner = ToolCall(
+                f"{call.id}-{next(numbers)}",
+                name,
+                json.dumps(arguments),
+                needs_approval=name in policy.needs_approval,
+                approval_timeout_s=policy.approval_timeout_s,
+            )
+            result = await self._run_tool(inner)
+            if result.is_error:
+                raise program.ToolFailed(f"{name} failed: {result.content}")
+            if inner.needs_approval and result.content.startswith(NOT_RUN):  # denied, expired
+                raise program.ToolFailed(f"{name} was not run: {result.content[len(NOT_RUN) :]}")
+            return result.content
+
+        return call_tool
+
     def _may_delegate(self) -> bool:
         return self._session.depth < self._session.max_delegation_depth
 
@@ -533,9 +598,11 @@ class DurableAgentWorkflow:
 
     def _subagent_budget(self, call: ToolCall) -> Budget:
         """The child's share of what remains of this agent's budget: split evenly among
-        the delegations of the model reply that asked for it, which run at once."""
-        reply = next(m for m in reversed(self._messages) if call in m.tool_calls)
-        siblings = [c.id for c in reply.tool_calls if c.name == DELEGATE_TOOL]
+        the delegations of the model reply that asked for it, which run at once. A
+        delegation a program makes is in no reply: it gets the whole remainder."""
+        reply = next((m for m in reversed(self._messages) if call in m.tool_calls), None)
+        siblings = [c.id for c in reply.tool_calls if c.name == DELEGATE_TOOL] if reply else []
+        siblings = siblings or [call.id]
         return shares(self._budget, self._usage, len(siblings))[siblings.index(call.id)]
 
     def _subagent_input(self, task: str, tools: list[str] | None, budget: Budget) -> SessionInput:
@@ -638,7 +705,7 @@ async def _report(parent_id: str, usage: SubagentUsage) -> None:
 def _not_run(call: ToolCall, why: str) -> ToolResult:
     """The result the model sees for a call that was denied or expired: not an error of
     the turn, just a fact it can answer from."""
-    return ToolResult(call.id, call.name, f"Not run: {why}.")
+    return ToolResult(call.id, call.name, f"{NOT_RUN}{why}.")
 
 
 def _expiry_refusal(call_id: str, expires_at: str) -> str:
@@ -677,6 +744,18 @@ def _usage_attributes(usage: Usage) -> dict[str, int | float]:
     if usage.cost_usd is not None:
         attributes["agent.usage.cost_usd"] = usage.cost_usd
     return attributes
+
+
+def _program_source(arguments: str) -> str:
+    """The source of a `run_program` call, or a ValueError the model reads."""
+    try:
+        given = json.loads(arguments or "{}")
+    except json.JSONDecodeError as err:
+        raise ValueError(f"the arguments are not valid JSON ({err.msg})") from None
+    source = given.get("source") if isinstance(given, dict) else None
+    if not isinstance(source, str) or not source.strip():
+        raise ValueError('the arguments must be {"source": "the program"}')
+    return source
 
 
 def _observation(result: ToolResult) -> str:
