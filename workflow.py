@@ -153,6 +153,8 @@ class DurableAgentWorkflow:
             )
             if self._ended:
                 break
+            if not self._inbox:
+                continue  # Woken by news of a newer version: move to it, above.
             message = self._inbox.popleft()
             self._working, self._turn = True, message
             with self._turn_span(message) as span:
