@@ -29,7 +29,7 @@ from temporalio.api.workflowservice.v1 import (
     SetWorkerDeploymentCurrentVersionRequest,
 )
 from temporalio.client import Client
-from temporalio.common import WorkerDeploymentVersion
+from temporalio.common import VersioningBehavior, WorkerDeploymentVersion
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import WorkerDeploymentConfig
 
@@ -52,7 +52,14 @@ def deployment_config(env: Mapping[str, str] | None = None) -> WorkerDeploymentC
     if "." in name:  # A version is written NAME.BUILD_ID, so a name holds no dot.
         raise ValueError(f"TEMPORAL_DEPLOYMENT_NAME={name}: a deployment name cannot contain '.'")
     version = WorkerDeploymentVersion(name, env.get("TEMPORAL_WORKER_BUILD_ID") or BUILD_ID)
-    return WorkerDeploymentConfig(version, use_worker_versioning=bool(name))
+    if not name:
+        return WorkerDeploymentConfig(version, use_worker_versioning=False)
+    # Conversations are pinned: every workflow task of a run goes to workers of the version
+    # it started on. Said here, not on the workflow: the server refuses a behavior from an
+    # unversioned worker, and the same workflow code runs on both.
+    return WorkerDeploymentConfig(
+        version, use_worker_versioning=True, default_versioning_behavior=VersioningBehavior.PINNED
+    )
 
 
 async def make_current_if_first(client: Client, config: WorkerDeploymentConfig) -> str:

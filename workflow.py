@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, VersioningBehavior
+from temporalio.common import RetryPolicy
 from temporalio.contrib.workflow_streams import WorkflowStream
 from temporalio.exceptions import (
     ActivityError,
@@ -108,10 +108,12 @@ class _Outcome:
     error: str = ""
 
 
-# Pinned: every workflow task of a run goes to workers of the version it started on, so a
-# run never meets code it was not written by. A conversation moves to a newer version only
-# by continuing as new onto it, between turns (`_should_upgrade`, docs/versioning.md).
-@workflow.defn(versioning_behavior=VersioningBehavior.PINNED)
+# Pinned (the versioned worker's default, deployment.py; a workflow that declared it would
+# fail on unversioned workers): every workflow task of a run goes to workers of the
+# version it started on, so a run never meets code it was not written by. A conversation
+# moves to a newer version only by continuing as new onto it, between turns
+# (`_should_upgrade`, docs/versioning.md).
+@workflow.defn
 class DurableAgentWorkflow:
     """One conversation. The workflow id is the session id."""
 

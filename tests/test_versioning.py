@@ -24,17 +24,25 @@ from types import ModuleType
 
 import pytest
 from agent_v2 import write_v2
-from conftest import activity_running, approvals_waiting, decide, run_id_is_not, until
+from conftest import (
+    activity_running,
+    approvals_waiting,
+    decide,
+    run_id_is_not,
+    start_session,
+    until,
+)
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.workflowservice.v1 import DescribeWorkerDeploymentRequest
 from temporalio.client import Client, WorkflowHandle, WorkflowHistory
 from temporalio.worker import Replayer, UnsandboxedWorkflowRunner
 from temporalio.workflow import NondeterminismError
 
+from activities import AgentActivities
 from contract import SessionInput
 from deployment import deployment_config, make_current_if_first
 from dev_server import temporal_binary
-from worker import WorkerProcess, data_converter
+from worker import WorkerProcess, build_worker, data_converter
 from workflow import DurableAgentWorkflow
 
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
@@ -374,3 +382,44 @@ async def test_the_change_under_workflow_patched_replays_recorded_histories(
         unpatched = _module(write_v2(tmp_path / "v2").with_name("workflow.py"))
         with pytest.raises(NondeterminismError):
             await replay(history, unpatched)
+
+
+# --- Workers without versioning ----------------------------------------------------------
+
+
+async def test_a_worker_without_versioning_answers_as_before(
+    client: Client, task_queue: str, activities: AgentActivities
+):
+    unversioned = deployment_config({"TEMPORAL_DEPLOYMENT_NAME": ""})
+    assert (await make_current_if_first(client, unversioned)).startswith("Worker versioning: off")
+    async with build_worker(
+        client, task_queue, activities, deployment_config=unversioned, max_cached_workflows=0
+    ):
+        session = await start_session(client, task_queue)
+        assert await _say(session, "What is 2 + 2?") == "2 + 2 = 4"
+
+    description = await session.describe()
+    assert not description.raw_description.workflow_execution_info.versioning_info.behavior
+
+
+async def test_a_versioned_worker_takes_over_the_conversations_of_unversioned_ones(
+    client: Client, task_queue: str, activities: AgentActivities
+):
+    unversioned = deployment_config({"TEMPORAL_DEPLOYMENT_NAME": ""})
+    async with build_worker(
+        client, task_queue, activities, deployment_config=unversioned, max_cached_workflows=0
+    ):
+        session = await start_session(client, task_queue)
+        await _say(session, "What is 2 + 2?")
+    versioned = deployment_config(
+        {"TEMPORAL_DEPLOYMENT_NAME": f"test-migrate-{uuid.uuid4().hex[:8]}"}
+    )
+    await make_current_if_first(client, versioned)  # a fresh deployment: its first version
+    async with build_worker(
+        client, task_queue, activities, deployment_config=versioned, max_cached_workflows=0
+    ):
+        assert await _say(session, "What is 3 * 3?") == "3 * 3 = 9"
+
+    history = await session.fetch_history()
+    assert builds(history) == {versioned.version.build_id, ""}  # unversioned, then versioned
+    assert failed_tasks(history) == 0
