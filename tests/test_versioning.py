@@ -1,4 +1,4 @@
-"""Shipping a new version while conversations live (docs/versioning.md, MANUAL_TESTS.md 11).
+"""Shipping a new version while conversations live (docs/versioning.md; MANUAL_TESTS.md, 8).
 
 Two worker processes whose workflow code differs: v1 is this project's code, v2 the copy
 `tests/agent_v2.py` writes (one command more per turn, so v1's histories do not replay on
