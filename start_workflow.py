@@ -97,7 +97,7 @@ async def embedded_temporal(task_queue: str) -> AsyncIterator[Client]:
         # every other process does, so encryption (if configured) applies here too.
         client = await worker.connect(target)
         version = deployment.deployment_config()
-        await deployment.make_current_if_first(client, version)  # a fresh server: it is
+        await deployment.make_current_if_first(client, version)  # on a fresh server, it is
         async with worker.build_worker(client, task_queue, deployment_config=version):
             yield client
 
