@@ -89,11 +89,13 @@ async def make_current_if_first(client: Client, config: WorkerDeploymentConfig) 
     if (current.deployment_name, current.build_id) == (version.deployment_name, version.build_id):
         return f"Deployment version {ours}: current, new conversations start on it"
     now = f"{current.deployment_name}.{current.build_id}" if current.build_id else "unversioned"
+    command = (
+        "uv run temporal worker deployment set-current-version "
+        f"--deployment-name {version.deployment_name} --build-id {version.build_id} --yes"
+    )
     return (
         f"Deployment version {ours}: not current ({now} is); it runs only the conversations "
-        "pinned to it. Every conversation moves to it at its next turn after: uv run temporal "
-        f"worker deployment set-current-version --deployment-name {version.deployment_name} "
-        f"--build-id {version.build_id} --yes"
+        f"pinned to it. To move every conversation to it at its next turn boundary: {command}"
     )
 
 
