@@ -60,6 +60,7 @@ from temporalio.runtime import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
+import deployment
 import tracing
 import worker
 from approval_prompts import (
@@ -102,7 +103,9 @@ async def embedded_temporal(task_queue: str) -> AsyncIterator[Client]:
         # The dev server's own client has the SDK's default data converter; connect as
         # every other process does, so encryption (if configured) applies here too.
         client = await worker.connect(target)
-        async with worker.build_worker(client, task_queue):
+        version = deployment.deployment_config()
+        await deployment.make_current_if_first(client, version)  # on a fresh server, it is
+        async with worker.build_worker(client, task_queue, deployment_config=version):
             yield client
 
 

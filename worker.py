@@ -3,8 +3,9 @@
 Start as many as you like on one task queue; Temporal spreads the work between them,
 and when one dies another picks its tasks up. Everything configurable is read here,
 once, at start: connection (the SDK's environment configuration: TEMPORAL_ADDRESS,
-TEMPORAL_NAMESPACE, TEMPORAL_API_KEY, TLS, profiles), task queue, model, notes file,
-which tools wait for approval, fault switches, encryption and traces (OTEL_*).
+TEMPORAL_NAMESPACE, TEMPORAL_API_KEY, TLS, profiles), task queue, deployment version
+(deployment.py), model, notes file, which tools wait for approval, fault switches,
+encryption and traces (OTEL_*).
 
     uv run worker.py [--address HOST:PORT] [--task-queue NAME]
 """
@@ -14,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import hashlib
 import logging
 import os
 import signal
@@ -31,8 +31,10 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
 from temporalio.envconfig import ClientConfig
+from temporalio.service import RPCError
 from temporalio.worker import Worker
 
+import deployment
 import tracing
 from codec import EncryptionCodec
 from workflow import DurableAgentWorkflow
@@ -47,15 +49,6 @@ DEFAULT_NOTES_FILE = "notes.jsonl"
 # If that worker died, the task waits this long before any worker may take it: the SDK's
 # default of 10 s would make every conversation of a crashed worker wait 10 s.
 STICKY_TIMEOUT = timedelta(seconds=1)
-
-
-# Without one, the SDK hashes the bytecode of every loaded module (LiteLLM's too) when a
-# worker starts: 0.6 s of a restarted worker's way back. The workflow's own source says
-# which code the worker runs; no versioning rides on it, it only labels the history.
-BUILD_ID = (
-    "durable-agent-"
-    + hashlib.sha256(Path(__file__).with_name("workflow.py").read_bytes()).hexdigest()[:12]
-)
 
 
 class TemporalUnreachable(Exception):
@@ -118,9 +111,11 @@ def build_worker(
     activities: AgentActivities | None = None,
     **options: Any,
 ) -> Worker:
-    """A worker for the agent; `activities` defaults to one configured from the environment."""
+    """A worker for the agent; `activities` and its deployment version (deployment.py)
+    default to the ones the environment configures."""
     if activities is None:
         activities = configured_activities()
+    options.setdefault("deployment_config", deployment.deployment_config())
     return Worker(
         client,
         task_queue=task_queue,
@@ -128,7 +123,6 @@ def build_worker(
         activities=[activities.plan_next_action, activities.execute_tool],
         graceful_shutdown_timeout=timedelta(seconds=5),
         sticky_queue_schedule_to_start_timeout=STICKY_TIMEOUT,
-        build_id=BUILD_ID,
         **options,
     )
 
@@ -215,9 +209,18 @@ async def main() -> int:
         # Warm up before tracing starts: the warm-up's model calls are no conversation's.
         await activities.warm_up()
         traces = tracing.setup("durable-agent-worker")  # before connecting: it adds the plugin
+        version = deployment.deployment_config()
         client = await connect(args.address)
+        versioning = await deployment.make_current_if_first(client, version)
     except (ValueError, TemporalUnreachable) as err:
         print(f"worker: {err}", file=sys.stderr)
+        return 2
+    except RPCError as err:  # e.g. a server without Worker Deployment Versioning
+        print(
+            f"worker: cannot declare deployment version {version.version.to_canonical_string()}"
+            f" ({err.message}); TEMPORAL_DEPLOYMENT_NAME= (empty) runs unversioned",
+            file=sys.stderr,
+        )
         return 2
     task_queue = task_queue_name(args.task_queue)
     print(activities.describe(), file=sys.stderr)
@@ -225,11 +228,12 @@ async def main() -> int:
     encryption = codec.describe() if isinstance(codec, EncryptionCodec) else "Encryption: off"
     print(encryption, file=sys.stderr)
     print(traces, file=sys.stderr)
+    print(versioning, file=sys.stderr)
 
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         asyncio.get_running_loop().add_signal_handler(signum, stop.set)
-    async with build_worker(client, task_queue, activities):
+    async with build_worker(client, task_queue, activities, deployment_config=version):
         print(f"Polling task queue '{task_queue}'. Ctrl-C to stop.", file=sys.stderr)
         await stop.wait()
     print("Worker stopped.", file=sys.stderr)

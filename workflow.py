@@ -138,6 +138,11 @@ class _BudgetReached(Exception):
 # An input that does not decode or makes no sense fails the workflow with its reason: no
 # worker could ever run it. Any other exception in this code is a bug, and fails only the
 # workflow task, which Temporal retries until a fixed worker runs it.
+# Pinned (the versioned worker's default, deployment.py; a workflow that declared it would
+# fail on unversioned workers): every workflow task of a run goes to workers of the
+# version it started on, so a run never meets code it was not written by. A conversation
+# moves to a newer version only by continuing as new onto it, between turns
+# (`_should_upgrade`, docs/versioning.md).
 @workflow.defn(failure_exception_types=[InvalidSessionInput])
 class DurableAgentWorkflow:
     """One conversation. The workflow id is the session id."""
@@ -176,12 +181,23 @@ class DurableAgentWorkflow:
             return await self._answer_task(self._session.task)
         # Messages are answered one at a time, in the order their updates were accepted.
         while not self._ended:
-            # Between turns: hand over to a fresh run before the history grows large.
-            if self._history_is_large() and await self._nothing_in_flight() and not self._ended:
-                workflow.continue_as_new(self._carry_over())
-            await workflow.wait_condition(lambda: bool(self._inbox) or self._ended)
+            # Between turns: hand over to a fresh run before the history grows large, or
+            # when a newer version of the agent is current, to a run on that version.
+            if (
+                (self._history_is_large() or self._should_upgrade())
+                and await self._nothing_in_flight()
+                and not self._ended
+            ):
+                workflow.continue_as_new(
+                    self._carry_over(), initial_versioning_behavior=self._next_run_versioning()
+                )
+            await workflow.wait_condition(
+                lambda: bool(self._inbox) or self._ended or self._should_upgrade()
+            )
             if self._ended:
                 break
+            if not self._inbox:
+                continue  # Woken by news of a newer version: move to it, above.
             message = self._inbox.popleft()
             self._working, self._turn = True, message
             self._last_turn = TurnUsage(message.update_id)
@@ -286,6 +302,16 @@ class DurableAgentWorkflow:
         Tool calls that wait for approval are denied ("chat ended"); the model answers.
         """
         self._ended = True
+
+    @workflow.signal
+    def move_to_current_version(self) -> None:
+        """Wake an idle conversation so that it moves to the current version now.
+
+        Nothing to do here: a run hears that a newer version is current only in a workflow
+        task, and an idle one has none until something arrives. This signal is that
+        something; the loop then continues as new onto the new version, between turns as
+        always (a turn in flight finishes first).
+        """
 
     @workflow.query
     def conversation(self) -> Transcript:
@@ -664,6 +690,19 @@ class DurableAgentWorkflow:
             or info.get_current_history_length() >= self._session.continue_as_new_after_events
             or info.get_current_history_size() >= self._session.continue_as_new_after_bytes
         )
+
+    def _should_upgrade(self) -> bool:
+        """A newer version of the agent is current (or ramping to this conversation). The
+        server says so in each workflow task it sends this run, which stays pinned to
+        its own version; the news is in the history, so replay decides alike."""
+        return workflow.info().is_target_worker_deployment_version_changed()
+
+    def _next_run_versioning(self) -> workflow.ContinueAsNewVersioningBehavior | None:
+        """Upgrading, the next run starts on the current version (then is pinned there);
+        otherwise it inherits this run's version."""
+        if self._should_upgrade():
+            return workflow.ContinueAsNewVersioningBehavior.AUTO_UPGRADE
+        return None
 
     async def _nothing_in_flight(self) -> bool:
         """Wait until every caller has its reply, unless a new message arrives first.
