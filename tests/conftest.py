@@ -13,16 +13,17 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mappin
 from dataclasses import dataclass
 from pathlib import Path
 
+# Before LiteLLM is imported: otherwise it fetches its price list, which here, offline,
+# costs seconds of retries at every test session's start.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
 import litellm
 import pytest
 from litellm import CustomLLM, ModelResponse
+from openai_server import OpenAIServer
 from temporalio.api.enums.v1 import EventType, PendingActivityState
 from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
-
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-
-from openai_server import OpenAIServer
 
 from activities import AgentActivities
 from contract import PendingApproval, SessionInput, ToolDecision
