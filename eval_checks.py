@@ -1,6 +1,6 @@
 """The checks a case file can name: pydantic-evals evaluators of what a conversation did.
 
-Each reads the `ConversationRecord` that `eval_conversation.py` built from the replies and
+Each reads the `ConversationRecord` that `eval_record.py` read from the replies and
 the event history, and says pass or fail, with why when it fails. In `evals/cases.yaml`:
 
     evaluators:
@@ -22,7 +22,8 @@ from typing import Any
 from pydantic_evals.evaluators import EvaluationReason, Evaluator, EvaluatorContext
 from pydantic_evals.evaluators.llm_as_a_judge import judge_output
 
-from eval_conversation import Conversation, ConversationRecord, ToolUse, Turn
+from eval_conversation import Conversation
+from eval_record import ConversationRecord, ToolUse, Turn
 
 Context = EvaluatorContext[Conversation, ConversationRecord, Any]
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic_evals.reporting import EvaluationReport, ReportCase, ReportCaseFailure
 
-from eval_conversation import ConversationRecord
+from eval_record import ConversationRecord
 
 Report = EvaluationReport[Any, ConversationRecord, Any]
 

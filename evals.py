@@ -47,7 +47,8 @@ import eval_report
 import worker
 from dev_server import NoTemporalBinary, start_dev_server
 from eval_checks import CHECKS, Judge
-from eval_conversation import Conversation, ConversationRecord, converse
+from eval_conversation import Conversation, converse
+from eval_record import ConversationRecord
 from start_workflow import quiet_sdk_core
 
 CASES = Path(__file__).with_name("evals") / "cases.yaml"
@@ -137,7 +138,8 @@ def load_cases(path: Path, names: Sequence[str], judge: str | None) -> Cases:
     try:
         dataset = Cases.from_file(path, custom_evaluator_types=CHECKS)
     except Exception as err:  # Unreadable, not YAML, not a dataset, an unknown check: why.
-        raise EvalsError(f"cannot read the cases in {path}: {err}") from None
+        problems = "; ".join(str(problem) for problem in getattr(err, "exceptions", [err]))
+        raise EvalsError(f"cannot read the cases in {path}: {problems}") from None
     if unknown := sorted(set(names) - {case.name for case in dataset.cases}):
         raise EvalsError(f"no case named {', '.join(unknown)} in {path}")
     if names:
