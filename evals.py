@@ -86,6 +86,7 @@ class Setup:
     faults: dict[str, str] = field(default_factory=dict)
     task_queue: str = field(default_factory=lambda: f"evals-{uuid.uuid4().hex[:8]}")
     notes_file: Path = Path()
+    """Where its worker writes notes: set by `workers`, in a folder of this run's own."""
 
     def worker_env(self) -> dict[str, str]:
         return {
