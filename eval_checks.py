@@ -49,7 +49,8 @@ def _verdict(passed: bool, why: str) -> EvaluationReason:
 def _turn(record: ConversationRecord, number: int) -> Turn | None:
     """Turn `number` (from 1; negative counts from the end), or None if there is none."""
     index = number - 1 if number > 0 else number
-    return record.turns[index] if -len(record.turns) <= index < len(record.turns) else None
+    in_range = number != 0 and -len(record.turns) <= index < len(record.turns)
+    return record.turns[index] if in_range else None
 
 
 def _said(turn: Turn | None) -> str:
