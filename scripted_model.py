@@ -32,6 +32,8 @@ _CITY_SEPARATOR = re.compile(r"\s*(?:,|\band\b)\s*")
 _ARITHMETIC = re.compile(r"[-(\d.][\d.\s()+\-*/%^]*[\d)]")
 _HAS_OPERATOR = re.compile(r"[\d)]\s*(?:\*\*|[-+*/%^])\s*[-(\d.]")
 _FEW_WORDS = re.compile(r"\s*(?:\S+\s*){1,3}")  # one streamed piece of text
+_FIRST = re.compile(r"^\s*first\b[\s,:]*(?P<steps>.+)$", re.IGNORECASE | re.DOTALL)
+_THEN = re.compile(r"[\s,;.]*\bthen\b[\s,:]*", re.IGNORECASE)
 
 
 class ScriptedModel(CustomLLM):
@@ -41,8 +43,9 @@ class ScriptedModel(CustomLLM):
     "note: <text>" or "remember <text>" calls `save_note`, "bye" calls `end_chat`,
     "delegate: <task>" calls `delegate` ("delegate: A; delegate: B": two calls at once),
     "program: <source>" calls `run_program` with that source; the weather in more than two
-    places is one program, if `run_program` is offered; after tool results it answers from
-    them. Anything else gets a short reply saying this is the scripted model.
+    places is one program, if `run_program` is offered; "First A, then B" takes A's tools,
+    then B's, one model step each; after tool results it answers from them. Anything else
+    gets a short reply saying this is the scripted model.
     """
 
     async def acompletion(self, model: str, messages: list, *args: Any, **kwargs: Any) -> Any:
@@ -122,6 +125,8 @@ def scripted_reply(
     """The scripted model's choice for a conversation in OpenAI format, offered `tools`
     (names; it asks for the others anyway, but writes programs only when offered them)."""
     last = messages[-1]
+    if steps := _next_step(messages):
+        return steps
     if last["role"] == "tool":
         return _say(_summarise_tool_results(messages))
     text = str(last.get("content") or "")
@@ -181,12 +186,39 @@ def _call(step: int, calls: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
     }
 
 
+def _next_step(messages: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """For "First A, then B": the tool calls of the turn's next step that has any, as the
+    step's text alone would ask for them; None once no step is left, or for any other
+    message. Each step waits for the previous one's results: one model call per step."""
+    start = _turn_start(messages)
+    found = _FIRST.match(str(messages[start].get("content") or ""))
+    if found is None or messages[start]["role"] != "user":
+        return None
+    steps = [step for step in _THEN.split(found["steps"]) if step.strip()]
+    taken = sum(1 for m in messages[start:] if m["role"] == "assistant" and m.get("tool_calls"))
+    for step in steps[taken : taken + 1]:
+        choice = scripted_reply([*messages, {"role": "user", "content": step}])
+        if choice["finish_reason"] == "tool_calls":
+            return choice
+    return None
+
+
+def _turn_start(messages: list[dict[str, Any]]) -> int:
+    """Where the turn begins: its user message (0 if the context no longer holds it)."""
+    return next((i for i in reversed(range(len(messages))) if messages[i]["role"] == "user"), 0)
+
+
 def _summarise_tool_results(messages: list[dict[str, Any]]) -> str:
-    """Answer from the tool results that follow the last assistant tool request."""
-    asked = next(m for m in reversed(messages) if m["role"] == "assistant" and m.get("tool_calls"))
-    calls = {call["id"]: call["function"] for call in asked["tool_calls"]}
+    """Answer from the tool results of this turn, every step of it, in order."""
+    turn = messages[_turn_start(messages) :]
+    calls = {
+        call["id"]: call["function"]
+        for message in turn
+        if message["role"] == "assistant"
+        for call in message.get("tool_calls") or []
+    }
     lines = []
-    for message in messages[messages.index(asked) + 1 :]:
+    for message in (m for m in turn if m["role"] == "tool"):
         function = calls.get(message.get("tool_call_id"), {"name": "?", "arguments": "{}"})
         result = str(message["content"])
         if result.startswith("Error:"):
