@@ -5,14 +5,16 @@ notes file, the clock) happens here, inside an activity, where Temporal records 
 result, applies the timeouts and retry policies set in `workflow.py`, and never runs it
 again once its completion is in the history.
 
-Failure classification, in one place:
+Failure classification, in one place (an MCP server's own: `mcp_tools.py`):
 
 | failure                                        | who sees it | how                           |
 |------------------------------------------------|-------------|-------------------------------|
 | bad or missing tool arguments, unknown tool,   | the model   | ToolResult(is_error=True);    |
-| arguments that are not JSON, calculator error  |             | never retried                 |
-| provider rate limit, timeout, 5xx, connection  | Temporal    | retryable ApplicationError,   |
-|                                                |             | backoff from PLAN_OPTIONS     |
+| arguments that are not JSON, a ToolError (a    |             | never retried                 |
+| calculator error, an MCP `isError` result)     |             |                               |
+| provider rate limit, timeout, 5xx, connection; | Temporal    | retryable ApplicationError,   |
+| an MCP server that cannot be reached           |             | backoff from PLAN_OPTIONS or  |
+|                                                |             | TOOL_OPTIONS                  |
 | provider auth, bad request, context too long,  | the user    | non-retryable ApplicationError|
 | unknown model                                  |             | naming cause and fix; the     |
 |                                                |             | update fails, the chat lives  |
@@ -27,22 +29,22 @@ import dataclasses
 import json
 import os
 import random
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-import jsonschema
 from opentelemetry import trace
 from temporalio import activity
 from temporalio.contrib.workflow_streams import WorkflowStreamClient
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 import llm_client
-import tools
 from contract import Plan, PlanRequest, RetryNotice, TextDelta, ToolCall, ToolResult
 from llm_client import LlmSettings, env_number
+from toolbox import ApprovalPolicy, Tool, ToolError, describe_tools
+from tools import registry
 
 HEARTBEAT_EVERY_S = 1.0
 DELTA_BATCH = timedelta(milliseconds=100)
@@ -126,18 +128,20 @@ class AgentActivities:
         llm: LlmSettings,
         notes_file: Path,
         faults: Faults | None = None,
-        approvals: tools.ApprovalPolicy | None = None,
+        approvals: ApprovalPolicy | None = None,
         *,
+        tools: Mapping[str, Tool] | None = None,
         trace_content: bool = False,
     ) -> None:
-        """`trace_content`: message text, tool arguments and results go into the spans too
+        """`tools`: what the model is offered, by name (default: the built-in ones).
+        `trace_content`: message text, tool arguments and results go into the spans too
         (OTEL_INCLUDE_CONTENT=1); otherwise spans carry names, counts and outcomes only."""
         self._llm = llm
         self._trace_content = trace_content
         self._faults = faults or Faults()
         self._notes_file = notes_file
-        self._tools = tools.registry(notes_file)
-        self._approvals = approvals or tools.ApprovalPolicy.declared(self._tools)
+        self._tools = dict(tools) if tools is not None else registry(notes_file)
+        self._approvals = approvals or ApprovalPolicy.declared(self._tools)
 
     def describe(self) -> str:
         """What this worker will do, for its start banner."""
@@ -146,7 +150,8 @@ class AgentActivities:
             model += " (the offline scripted model; set LLM_MODEL in .env for a real one)"
         elif self._llm.api_base:
             model += f" at {self._llm.api_base}"
-        lines = [f"Model: {model}", f"Notes file: {self._notes_file}", self._approvals.describe()]
+        lines = [f"Model: {model}", f"Notes file: {self._notes_file}"]
+        lines += [*describe_tools(self._tools), self._approvals.describe()]
         switches = self._faults.describe()
         lines += [f"Fault switch on: {line}" for line in switches] or ["Fault switches: none"]
         if self._trace_content:
@@ -232,9 +237,10 @@ class AgentActivities:
             span.set_attribute("gen_ai.tool.call.arguments", call.arguments)
         await self._faults.before_tool_call()
         try:
-            result = ToolResult(call.id, call.name, truncated(self._run_tool(call)))
-        except tools.ToolError as err:
-            result = ToolResult(call.id, call.name, truncated(str(err)), is_error=True)
+            content = await _heartbeating(self._run_tool(call))
+            result = ToolResult(call.id, call.name, truncated(content))
+        except ToolError as err:
+            result = ToolResult(call.id, call.name, truncated(str(err), error=True), is_error=True)
         outcome = "error" if result.is_error else "ok"
         activity.logger.info("execute_tool %s -> %s", call.name, outcome)
         span.set_attribute("agent.tool.outcome", outcome)
@@ -242,30 +248,34 @@ class AgentActivities:
             span.set_attribute("gen_ai.tool.call.result", result.content)
         return result
 
-    def _run_tool(self, call: ToolCall) -> str:
+    async def _run_tool(self, call: ToolCall) -> str:
         tool = self._tools.get(call.name)
         if tool is None:
-            raise tools.ToolError(
+            raise ToolError(
                 f"unknown tool '{call.name}'; available tools: {', '.join(self._tools)}"
             )
         try:
             arguments = json.loads(call.arguments or "{}")
         except json.JSONDecodeError as err:
-            raise tools.ToolError(
+            raise ToolError(
                 f"the arguments are not valid JSON ({err.msg}): {call.arguments[:200]}"
             ) from err
-        if problem := jsonschema.exceptions.best_match(
-            jsonschema.Draft202012Validator(tool.parameters).iter_errors(arguments)
-        ):
-            raise tools.ToolError(f"invalid arguments for {tool.name}: {problem.message}")
-        return tool.run(**arguments)
+        return await tool.call(arguments)  # It checks them against its schema first.
 
 
-def truncated(text: str) -> str:
-    """Cap a tool result, with a marker, so one huge result cannot flood the context."""
+def truncated(text: str, *, error: bool = False) -> str:
+    """Cap a tool result, with a marker, so one huge result cannot flood the context.
+
+    An error keeps both ends: its reason may come last ("... is too long"), after the
+    input it quotes.
+    """
     if len(text) <= MAX_TOOL_RESULT_CHARS:
         return text
     hidden = len(text) - MAX_TOOL_RESULT_CHARS
+    if error:
+        head = MAX_TOOL_RESULT_CHARS // 2
+        tail = text[-(MAX_TOOL_RESULT_CHARS - head) :]
+        return f"{text[:head]}\n[{hidden} characters cut]\n{tail}"
     return f"{text[:MAX_TOOL_RESULT_CHARS]}\n[truncated: {hidden} more characters not shown]"
 
 

@@ -21,6 +21,7 @@ from litellm.types.utils import GenericStreamingChunk
 
 SCRIPTED_MODEL = "scripted/agent"
 
+_USE = re.compile(r"^\s*use\s+(?P<tool>[\w.-]+)\s*(?P<arguments>\{.*\})?\s*$", re.DOTALL)
 _DELEGATE = re.compile(r"^\s*delegate:\s*(?P<tasks>.+)$", re.IGNORECASE | re.DOTALL)
 _NEXT_TASK = re.compile(r";\s*delegate:\s*", re.IGNORECASE)
 _GOODBYE = re.compile(r"\b(bye|goodbye)\b", re.IGNORECASE)
@@ -35,7 +36,8 @@ _FEW_WORDS = re.compile(r"\s*(?:\S+\s*){1,3}")  # one streamed piece of text
 class ScriptedModel(CustomLLM):
     """A deterministic offline model that speaks the OpenAI tool-calling protocol.
 
-    An arithmetic question calls `calculator`, "weather in <city>" calls `weather`,
+    `use TOOL {"arg": ...}` calls any tool with those arguments (the JSON as written);
+    an arithmetic question calls `calculator`, "weather in <city>" calls `weather`,
     "note: <text>" or "remember <text>" calls `save_note`, "bye" calls `end_chat`,
     "delegate: <task>" calls `delegate` ("delegate: A; delegate: B": two calls at once);
     after tool results it answers from them. Anything else gets a short reply saying
@@ -119,6 +121,8 @@ def scripted_reply(messages: list[dict[str, Any]]) -> dict[str, Any]:
         return _say(_summarise_tool_results(messages))
     text = str(last.get("content") or "")
     step = len(messages)
+    if use := _USE.match(text):
+        return _call(step, [(use["tool"], use["arguments"] or "{}")])
     if delegation := _DELEGATE.match(text):
         tasks = [task.strip() for task in _NEXT_TASK.split(delegation["tasks"])]
         return _call(step, [("delegate", {"task": task}) for task in tasks if task])
@@ -134,7 +138,8 @@ def scripted_reply(messages: list[dict[str, Any]]) -> dict[str, Any]:
     return _say(
         "I am the scripted offline model. I can do arithmetic ('What is 25 * 4?'), "
         "demo weather ('weather in Paris'), notes ('note: buy milk'), subagents "
-        "('delegate: What is 6 * 7?') and 'bye'. "
+        "('delegate: What is 6 * 7?'), any tool ('use weather {\"city\": \"Oslo\"}') "
+        "and 'bye'. "
         "Set LLM_MODEL in .env to talk to a real model."
     )
 
@@ -143,12 +148,16 @@ def _say(text: str) -> dict[str, Any]:
     return {"message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
 
 
-def _call(step: int, calls: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+def _call(step: int, calls: list[tuple[str, dict[str, Any] | str]]) -> dict[str, Any]:
+    """Tool calls with these arguments: a dict, or JSON text passed on as written."""
     tool_calls = [
         {
             "id": f"call_{step}_{index}",
             "type": "function",
-            "function": {"name": name, "arguments": json.dumps(arguments)},
+            "function": {
+                "name": name,
+                "arguments": arguments if isinstance(arguments, str) else json.dumps(arguments),
+            },
         }
         for index, (name, arguments) in enumerate(calls)
     ]

@@ -95,7 +95,10 @@ async def embedded_temporal(task_queue: str) -> AsyncIterator[Client]:
         # The dev server's own client has the SDK's default data converter; connect as
         # every other process does, so encryption (if configured) applies here too.
         client = await worker.connect(target)
-        async with worker.build_worker(client, task_queue):
+        async with (
+            worker.configured_activities() as activities,
+            worker.build_worker(client, task_queue, activities),
+        ):
             yield client
 
 

@@ -4,7 +4,8 @@ Start as many as you like on one task queue; Temporal spreads the work between t
 and when one dies another picks its tasks up. Everything configurable is read here,
 once, at start: connection (the SDK's environment configuration: TEMPORAL_ADDRESS,
 TEMPORAL_NAMESPACE, TEMPORAL_API_KEY, TLS, profiles), task queue, model, notes file,
-which tools wait for approval, fault switches, encryption and traces (OTEL_*).
+the tools (TOOL_MODULES, MCP_CONFIG) and which wait for approval, fault switches,
+encryption and traces (OTEL_*).
 
     uv run worker.py [--address HOST:PORT] [--task-queue NAME]
 """
@@ -21,7 +22,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -113,14 +115,9 @@ def task_queue_name(flag: str | None = None) -> str:
 
 
 def build_worker(
-    client: Client,
-    task_queue: str,
-    activities: AgentActivities | None = None,
-    **options: Any,
+    client: Client, task_queue: str, activities: AgentActivities, **options: Any
 ) -> Worker:
-    """A worker for the agent; `activities` defaults to one configured from the environment."""
-    if activities is None:
-        activities = configured_activities()
+    """A worker for the agent, running these activities (`configured_activities`)."""
     return Worker(
         client,
         task_queue=task_queue,
@@ -133,15 +130,24 @@ def build_worker(
     )
 
 
-def configured_activities() -> AgentActivities:
-    """The activities as the environment configures them. Raises ValueError on bad settings."""
+@asynccontextmanager
+async def configured_activities(
+    env: Mapping[str, str] | None = None,
+) -> AsyncIterator[AgentActivities]:
+    """The activities as the environment (`env`, default this process's) configures them,
+    connected to their MCP servers until the context ends. Raises ValueError on a bad
+    setting, a tool module that cannot be loaded, or an MCP server that cannot start."""
     # Imported here, not at the top: LiteLLM takes seconds to load, and the chat client
     # imports this module only to connect.
     from activities import AgentActivities, Faults
+    from function_tools import module_tools
     from llm_client import LlmSettings
-    from tools import ApprovalPolicy, registry
+    from mcp_tools import connected, servers_in
+    from toolbox import ApprovalPolicy, toolset
+    from tools import registry
 
-    llm = LlmSettings.from_env()
+    env = os.environ if env is None else env
+    llm = LlmSettings.from_env(env)
     if missing := llm.missing_keys():
         # The OpenAI client will not send a request without a key, even to a local server.
         local = f" (a server that checks no key takes any, e.g. {missing[0]}=unused)"
@@ -149,10 +155,18 @@ def configured_activities() -> AgentActivities:
             f"LLM_MODEL={llm.model} needs {', '.join(missing)}: add it to .env"
             + (local if llm.api_base else "")
         )
-    notes_file = Path(os.environ.get("NOTES_FILE") or DEFAULT_NOTES_FILE)
-    approvals = ApprovalPolicy.from_env(os.environ, registry(notes_file))
-    content = tracing.include_content(os.environ)
-    return AgentActivities(llm, notes_file, Faults.from_env(), approvals, trace_content=content)
+    notes_file = Path(env.get("NOTES_FILE") or DEFAULT_NOTES_FILE)
+    faults = Faults.from_env(dict(env))
+    builtin, modules = registry(notes_file).values(), module_tools(env.get("TOOL_MODULES", ""))
+    toolset(builtin, modules)  # A clash stops the worker before any server starts.
+    servers = servers_in(Path(config)) if (config := env.get("MCP_CONFIG")) else []
+    async with connected(servers) as mcp:
+        tools = toolset(builtin, modules, mcp)
+        approvals = ApprovalPolicy.from_env(env, tools)
+        content = tracing.include_content(env)
+        yield AgentActivities(
+            llm, notes_file, faults, approvals, tools=tools, trace_content=content
+        )
 
 
 class WorkerProcess:
@@ -208,16 +222,21 @@ async def main() -> int:
     args = parser.parse_args()
     load_dotenv()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    try:
-        activities = configured_activities()
-        # Warm up before tracing starts: the warm-up's model calls are no conversation's.
-        await activities.warm_up()
-        traces = tracing.setup("durable-agent-worker")  # before connecting: it adds the plugin
-        client = await connect(args.address)
-    except (ValueError, TemporalUnreachable) as err:
-        print(f"worker: {err}", file=sys.stderr)
-        return 2
-    task_queue = task_queue_name(args.task_queue)
+    async with AsyncExitStack() as stack:
+        try:
+            activities = await stack.enter_async_context(configured_activities())
+            # Warm up before tracing starts: the warm-up's model calls are no conversation's.
+            await activities.warm_up()
+            traces = tracing.setup("durable-agent-worker")  # before connecting: adds the plugin
+            client = await connect(args.address)
+        except (ValueError, TemporalUnreachable) as err:
+            print(f"worker: {err}", file=sys.stderr)
+            return 2
+        return await serve(client, task_queue_name(args.task_queue), activities, traces)
+
+
+async def serve(client: Client, task_queue: str, activities: AgentActivities, traces: str) -> int:
+    """Print the banner, then poll until SIGINT or SIGTERM."""
     print(activities.describe(), file=sys.stderr)
     codec = client.data_converter.payload_codec
     encryption = codec.describe() if isinstance(codec, EncryptionCodec) else "Encryption: off"

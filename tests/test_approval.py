@@ -27,7 +27,8 @@ from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from activities import AgentActivities
 from contract import SessionInput
 from llm_client import LlmSettings
-from tools import ApprovalPolicy, registry
+from toolbox import ApprovalPolicy
+from tools import registry
 from worker import build_worker
 from workflow import DurableAgentWorkflow
 
