@@ -138,15 +138,21 @@ async def configured_activities(
     connected to their MCP servers until the context ends. Raises ValueError on a bad
     setting, a tool module that cannot be loaded, or an MCP server that cannot start."""
     # Imported here, not at the top: LiteLLM takes seconds to load, and the chat client
-    # imports this module only to connect.
-    from activities import AgentActivities, Faults
+    # imports this module only to connect. The user's tool modules load first, so one
+    # that cannot stops the worker in a blink.
     from function_tools import module_tools
-    from llm_client import LlmSettings
-    from mcp_tools import connected, servers_in
     from toolbox import ApprovalPolicy, toolset
     from tools import registry
 
     env = os.environ if env is None else env
+    notes_file = Path(env.get("NOTES_FILE") or DEFAULT_NOTES_FILE)
+    builtin, modules = registry(notes_file).values(), module_tools(env.get("TOOL_MODULES", ""))
+    toolset(builtin, modules)  # A clash stops the worker before any server starts.
+
+    from activities import AgentActivities, Faults
+    from llm_client import LlmSettings
+    from mcp_tools import connected, servers_in
+
     llm = LlmSettings.from_env(env)
     if missing := llm.missing_keys():
         # The OpenAI client will not send a request without a key, even to a local server.
@@ -155,10 +161,7 @@ async def configured_activities(
             f"LLM_MODEL={llm.model} needs {', '.join(missing)}: add it to .env"
             + (local if llm.api_base else "")
         )
-    notes_file = Path(env.get("NOTES_FILE") or DEFAULT_NOTES_FILE)
     faults = Faults.from_env(dict(env))
-    builtin, modules = registry(notes_file).values(), module_tools(env.get("TOOL_MODULES", ""))
-    toolset(builtin, modules)  # A clash stops the worker before any server starts.
     servers = servers_in(Path(config)) if (config := env.get("MCP_CONFIG")) else []
     async with connected(servers) as mcp:
         tools = toolset(builtin, modules, mcp)
