@@ -8,7 +8,7 @@ process like `worker.py`. The benchmark times both with the same driver, so
     excess = durable turn - floor - in-memory turn
 
 is what the durable layer of this project adds beyond Temporal itself and beyond the
-agent's own work (README, Performance).
+agent's own work (docs/performance.md).
 
     uv run bare_temporal.py --address HOST:PORT --task-queue NAME   # the floor's worker
 """

@@ -152,8 +152,8 @@ class SessionInput:
 class Transcript:
     """The conversation as held: the newest messages, and how many came before them.
 
-    Earlier messages stay readable in the histories of earlier runs (README, "Long
-    conversations").
+    Earlier messages stay readable in the histories of earlier runs
+    (docs/long-conversations.md).
     """
 
     messages: list[Message]
@@ -177,7 +177,7 @@ class Subagent:
 Status = Literal["idle", "working", "awaiting_approval", "ended"]
 
 
-# --- The event stream: what a client watches while a turn runs (README, "Streaming") ---
+# --- The event stream: what a client watches while a turn runs (docs/streaming.md) ---
 # Every event names its turn: the id of the `send_message` update that asked for it.
 
 

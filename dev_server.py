@@ -6,7 +6,7 @@ The history service reads its transfer queue (which hands each workflow task tha
 an activity to matching) at most 20 times a second per shard by default, and the dev
 server has one shard: back-to-back turns slow to ~50 ms, and a 5 000-turn conversation
 drifts from ~48 to ~74 ms a turn. Every dev server this project starts (this script,
-`--embedded`, the tests, the benchmark) raises that limit (README, Performance).
+`--embedded`, the tests, the benchmark) raises that limit (docs/performance.md).
 """
 
 from __future__ import annotations

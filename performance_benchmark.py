@@ -172,7 +172,7 @@ async def table2(lab: Lab, s: Settings, report: Report) -> dict[str, Any]:
     if real_model := os.environ.get("LLM_MODEL"):
         modes.append((f"durable, {real_model}", {"REAL_MODEL": "1"}, s.simulated_iterations, False))
     else:
-        notes.append("Durable + real model: skipped, LLM_MODEL is not set (see README).")
+        notes.append("Durable + real model: skipped, LLM_MODEL is not set (docs/real-models.md).")
 
     rows: list[Row] = []
     if floor_queue := await lab.floor_worker():
@@ -321,7 +321,7 @@ async def table2(lab: Lab, s: Settings, report: Report) -> dict[str, Any]:
             ],
         ),
         "Streaming: the same turns with a subscriber watching each on the event stream "
-        "(README, Streaming), against the same mode without; first text: from sending to "
+        "(docs/streaming.md), against the same mode without; first text: from sending to "
         "the first piece of the reply at the subscriber (of a tool turn: after the tool).",
         markdown_table(
             [

@@ -2,7 +2,7 @@
 
 The chat client shows the reply as the model writes it, and one short line per tool
 call. The events come from the conversation's Workflow Stream (topics and payloads:
-`workflow.py`, README "Streaming"). The stream is a view: the reply that `send_message`
+`workflow.py`, docs/streaming.md). The stream is a view: the reply that `send_message`
 returns is the truth, so whatever the stream did not show of it is printed at the end.
 """
 

@@ -94,7 +94,7 @@ def data_converter(env: Mapping[str, str] | None = None) -> DataConverter:
     The JSON is the SDK default's, field for field, so histories written with either
     read with both; but pydantic decodes a plan request of 80 messages in 0.4 ms where
     the default takes 3-6 ms (it resolves every dataclass's type hints for every value),
-    and that was a third of the worker's CPU (README, Performance).
+    and that was a third of the worker's CPU (docs/performance.md).
 
     Encrypting, it also moves failure messages and stack traces into a payload (the SDK's
     encoded failure attributes), which the codec encrypts: a failure message can quote
