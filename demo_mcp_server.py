@@ -63,5 +63,5 @@ async def slow_note(
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.WARNING, format="demo_mcp_server: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="demo_mcp_server: %(message)s", force=True)
     server.run()
