@@ -139,7 +139,10 @@ class McpSession:
     async def call(self, tool: str, arguments: dict[str, Any], key: str) -> CallToolResult:
         """The server's result; ToolError if it answers with an error, a retryable
         ApplicationError if the connection fails (the next call reconnects)."""
-        client = await self._connected()
+        try:
+            client = await self._connected()
+        except Exception as err:
+            raise self.unavailable(_first(err)) from None
         try:
             return await client.call_tool(tool, arguments, meta={IDEMPOTENCY_KEY: key})
         except mcp.MCPError as err:
@@ -172,10 +175,11 @@ class McpSession:
                 holder = asyncio.create_task(self._hold(opened, close))
                 try:
                     self._client = await asyncio.wait_for(asyncio.shield(opened), CONNECT_TIMEOUT_S)
-                except BaseException as err:
+                except asyncio.TimeoutError:
                     holder.cancel()
-                    if isinstance(err, Exception):
-                        raise self.unavailable(err) from None
+                    raise TimeoutError(f"no session within {CONNECT_TIMEOUT_S:g} s") from None
+                except BaseException:
+                    holder.cancel()
                     raise
                 self._close, self._holder = close, holder
             return self._client
@@ -291,10 +295,10 @@ async def connected(servers: Sequence[McpServer]) -> AsyncIterator[list[Tool]]:
             try:
                 tools += server_tools(session, await session.tools())
             except Exception as err:
-                reason = err.message if isinstance(err, ApplicationError) else _first(err)
+                first, server = _first(err), session.server
                 raise ValueError(
-                    f"MCP server {session.server.name} did not start: {reason}; "
-                    "fix MCP_CONFIG or the server"
+                    f"MCP server {server.name} ({server.describe()}) did not start: "
+                    f"{type(first).__name__}: {first}; fix MCP_CONFIG or the server"
                 ) from None
         yield tools
     finally:

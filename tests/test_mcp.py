@@ -251,7 +251,10 @@ async def test_a_server_that_cannot_start_stops_the_worker_with_a_message_naming
     config = tmp_path / "mcp.json"
     config.write_text(json.dumps({"mcpServers": {"files": {"command": "no-such-server"}}}))
 
-    with pytest.raises(ValueError, match=r"MCP server files did not start: .*no-such-server"):
+    with pytest.raises(
+        ValueError,
+        match=r"MCP server files \(stdio: no-such-server\) did not start: FileNotFoundError",
+    ):
         async with configured_activities({"MCP_CONFIG": str(config)}):
             pass
 

@@ -4,12 +4,21 @@ worker start, each call an `execute_tool` activity like the built-in tools'."""
 from __future__ import annotations
 
 import asyncio
+import shlex
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from conftest import WorkerProcess, activity_running, say, start_session, until
+from conftest import (
+    ROOT,
+    WorkerProcess,
+    activity_running,
+    chat_client,
+    say,
+    start_session,
+    until,
+)
 from temporalio.client import Client
 
 from activities import AgentActivities
@@ -107,3 +116,22 @@ async def test_a_module_with_an_untyped_tool_stops_the_worker_with_a_message_nam
         "worker: tool sloppy_tools.add: parameter 'b' has no type hint; the hints are the "
         "schema the model's arguments are checked against"
     ) in str(stopped.value)
+
+
+async def test_add_your_own_tool_runs_as_the_docs_write_it(tmp_path: Path):
+    section = (ROOT / "docs" / "tools.md").read_text().split("## Add your own tool")[1]
+    module = section.split("```python\n")[1].split("```")[0]
+    command, printed = section.split("```sh\n")[1].split("```")[0].splitlines()
+    words = shlex.split(command)
+    start = words.index("uv")
+    settings, args = words[:start], words[start + 3 :]
+    assert words[start : start + 3] == ["uv", "run", "start_workflow.py"]
+    assert len(module.splitlines()) + 1 <= 10  # ten lines, from nothing to a tool called
+    # The module goes to a folder of the test's, on PYTHONPATH, not into the project's.
+    (tmp_path / "my_tools.py").write_text(module)
+    env = dict(setting.split("=", 1) for setting in settings)
+
+    chat = await chat_client(*args, env={**env, "PYTHONPATH": str(tmp_path)}, timeout=120)
+
+    assert chat.returncode == 0, chat.stderr
+    assert chat.stdout == printed.removeprefix("# prints: ") + "\n"
