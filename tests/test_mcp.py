@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -56,9 +57,11 @@ async def stdio_tools(calls_file: Path) -> AsyncIterator[list[Tool]]:
         yield tools
 
 
+@asynccontextmanager
 async def serving(
     client: Client, task_queue: str, notes_file: Path, mcp: list[Tool]
 ) -> AsyncIterator[None]:
+    """An in-process worker offering the built-in tools and these MCP tools."""
     tools = toolset(registry(notes_file).values(), mcp)
     activities = AgentActivities(LlmSettings(), notes_file, tools=tools)
     async with build_worker(client, task_queue, activities, max_cached_workflows=0):
@@ -69,7 +72,7 @@ async def serving(
 async def mcp_worker(
     client: Client, task_queue: str, notes_file: Path, stdio_tools: list[Tool]
 ) -> AsyncIterator[None]:
-    async for _ in serving(client, task_queue, notes_file, stdio_tools):
+    async with serving(client, task_queue, notes_file, stdio_tools):
         yield
 
 
@@ -216,10 +219,9 @@ async def test_a_streamable_http_server_is_called_with_the_configured_headers(
     client: Client, task_queue: str, notes_file: Path, http_server: str, calls_file: Path
 ):
     web = McpServer("web", url=http_server, headers={"Authorization": "Bearer test-token"})
-    async with connected([web]) as tools:
-        async for _ in serving(client, task_queue, notes_file, tools):
-            handle = await start_session(client, task_queue)
-            reply = await say(handle, 'use web__lookup {"word": "remote"}')
+    async with connected([web]) as tools, serving(client, task_queue, notes_file, tools):
+        handle = await start_session(client, task_queue)
+        reply = await say(handle, 'use web__lookup {"word": "remote"}')
 
     assert reply == "remote: a word of 6 letters"
     [call] = calls_of(calls_file, handle)
@@ -307,13 +309,13 @@ async def test_worker_killed_mid_call_to_a_slow_mcp_tool_runs_it_again_with_the_
     settings = {"MCP_CONFIG": str(config), "APPROVAL_REQUIRED_TOOLS": ""}
     first = await spawn_worker(**settings)
     handle = await start_session(client, task_queue)
-    turn = asyncio.create_task(say(handle, 'use test__slow {"seconds": 2}'))
+    turn = asyncio.create_task(say(handle, 'use test__slow {"seconds": 4}'))
     await until(lambda: calls_of(calls, handle))
 
     first.kill()  # mid-call: the server has the call, the worker never gets its answer
     await spawn_worker(**settings)
 
-    assert await turn == "Done after 2 s"
+    assert await turn == "Done after 4 s"
     [activity_id] = await tool_activity_ids(handle)
     key = f"{handle.id}/{(await handle.describe()).run_id}/{activity_id}"
     # At least once, not exactly once: the server saw the call twice, with the same key.
@@ -329,14 +331,14 @@ async def test_a_recorded_mcp_call_replays_after_the_server_changed_its_tool_lis
     client: Client, task_queue: str, notes_file: Path, stdio_tools: list[Tool], calls_file: Path
 ):
     handle = await start_session(client, task_queue)
-    async for _ in serving(client, task_queue, notes_file, stdio_tools):
+    async with serving(client, task_queue, notes_file, stdio_tools):
         assert await say(handle, 'use test__lookup {"word": "old"}') == "old: a word of 3 letters"
 
     # The server now offers `define`, not `lookup`; the new worker replays the first turn
     # on every task (max_cached_workflows=0) and never asks the server what it had.
     async with connected([stdio_server(calls_file, TOOL_LIST="renamed")]) as renamed:
         assert "test__lookup" not in [tool.name for tool in renamed]
-        async for _ in serving(client, task_queue, notes_file, renamed):
+        async with serving(client, task_queue, notes_file, renamed):
             reply = await say(handle, 'use test__define {"word": "new"}')
             unknown = await say(handle, 'use test__lookup {"word": "old"}')
 
