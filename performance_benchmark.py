@@ -815,15 +815,14 @@ def costs_against_durable(stats: dict[str, dict[str, Stats]]) -> dict[str, dict[
     }
 
 
-def workers_needed(
-    sections: Sequence[str], s: Settings, workdir: Path
-) -> list[tuple[str, dict[str, str]]]:
-    """(server, worker settings) of the shared workers that these sections use."""
+def workers_needed(sections: Sequence[str], s: Settings) -> list[tuple[str, dict[str, str]]]:
+    """(server, worker settings) of the shared workers that these sections use. The MCP
+    row's worker starts on its own, when Table 2 first asks for it: each start takes
+    seconds of CPU, and these already share two cores."""
     needed = [("tuned", {})]
     if "table2" in sections:
         needed.append(("tuned", {"SCRIPTED_LATENCY_MS": str(s.simulated_latency_ms)}))
         needed += [("tuned", env) for env in switched_on().values()]
-        needed.append(("tuned", mcp_worker_env(workdir)))
     if "pacing" in sections:
         needed.append(("default", {}))
     return needed
@@ -891,7 +890,7 @@ async def run(args: argparse.Namespace) -> int:
         lab = Lab(Path(workdir), address, external_task_queue)
         try:
             print("Starting dev servers and workers...", file=sys.stderr, flush=True)
-            await lab.start_workers(workers_needed(args.sections, settings, lab.workdir))
+            await lab.start_workers(workers_needed(args.sections, settings))
             for name in args.sections:
                 print(f"Running {name}...", file=sys.stderr, flush=True)
                 started = time.perf_counter()
