@@ -151,7 +151,6 @@ async def configured_activities(
 
     from activities import AgentActivities, Faults
     from llm_client import LlmSettings
-    from mcp_tools import connected, servers_in
 
     llm = LlmSettings.from_env(env)
     if missing := llm.missing_keys():
@@ -162,8 +161,13 @@ async def configured_activities(
             + (local if llm.api_base else "")
         )
     faults = Faults.from_env(dict(env))
-    servers = servers_in(Path(config)) if (config := env.get("MCP_CONFIG")) else []
-    async with connected(servers) as mcp:
+    async with AsyncExitStack() as stack:
+        mcp = []
+        if config := env.get("MCP_CONFIG"):
+            # Imported only when asked for: the mcp SDK adds a second to a worker's start.
+            from mcp_tools import connected, servers_in
+
+            mcp = await stack.enter_async_context(connected(servers_in(Path(config))))
         tools = toolset(builtin, modules, mcp)
         approvals = ApprovalPolicy.from_env(env, tools)
         content = tracing.include_content(env)
