@@ -34,7 +34,9 @@ log = logging.getLogger("demo_mcp_server")
 
 
 @server.tool(annotations=ToolAnnotations(read_only_hint=True))
-def calculate(expression: Annotated[str, Field(max_length=tools.MAX_EXPRESSION_CHARS)]) -> str:
+async def calculate(
+    expression: Annotated[str, Field(max_length=tools.MAX_EXPRESSION_CHARS)],
+) -> str:
     """Evaluate an arithmetic expression: numbers, + - * / // % ** and parentheses."""
     try:
         return tools.calculate(expression)
