@@ -14,7 +14,9 @@ Failure classification, in one place (an MCP server's own: `mcp_tools.py`):
 | calculator error, an MCP `isError` result)     |             |                               |
 | provider rate limit, timeout, 5xx, connection; | Temporal    | retryable ApplicationError,   |
 | an MCP server that cannot be reached           |             | backoff from PLAN_OPTIONS or  |
-|                                                |             | TOOL_OPTIONS                  |
+|                                                |             | TOOL_OPTIONS; with            |
+|                                                |             | LLM_FALLBACK_MODELS, a model  |
+|                                                |             | fallback from attempt 3 on    |
 | provider auth, bad request, context too long,  | the user    | non-retryable ApplicationError|
 | unknown model                                  |             | naming cause and fix; the     |
 |                                                |             | update fails, the chat lives  |
@@ -41,8 +43,17 @@ from temporalio.contrib.workflow_streams import WorkflowStreamClient
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 import llm_client
-from contract import Plan, PlanRequest, RetryNotice, TextDelta, ToolCall, ToolResult
-from llm_client import LlmSettings, env_number
+from contract import (
+    Plan,
+    PlanRequest,
+    ProgramPolicy,
+    RetryNotice,
+    TextDelta,
+    ToolCall,
+    ToolResult,
+    truncated,
+)
+from llm_client import FALLBACK_AFTER_ATTEMPTS, LlmSettings, env_number
 from toolbox import ApprovalPolicy, Tool, ToolError, describe_tools
 from tools import registry
 
@@ -50,7 +61,6 @@ HEARTBEAT_EVERY_S = 1.0
 DELTA_BATCH = timedelta(milliseconds=100)
 """Streamed text goes to the workflow in batches: each batch is a signal in the history."""
 T = TypeVar("T")
-MAX_TOOL_RESULT_CHARS = 8_000
 
 
 @dataclass(frozen=True)
@@ -150,7 +160,13 @@ class AgentActivities:
             model += " (the offline scripted model; set LLM_MODEL in .env for a real one)"
         elif self._llm.api_base:
             model += f" at {self._llm.api_base}"
-        lines = [f"Model: {model}", f"Notes file: {self._notes_file}"]
+        lines = [f"Model: {model}"]
+        if fallbacks := self._llm.fallback_models:
+            lines.append(
+                f"Fallback models: {', '.join(fallbacks)} (after {FALLBACK_AFTER_ATTEMPTS} "
+                "failed attempts of the model before, in turn)"
+            )
+        lines.append(f"Notes file: {self._notes_file}")
         lines += [*describe_tools(self._tools), self._approvals.describe()]
         switches = self._faults.describe()
         lines += [f"Fault switch on: {line}" for line in switches] or ["Fault switches: none"]
@@ -173,9 +189,15 @@ class AgentActivities:
         ]
         if request.can_delegate:  # The workflow runs it, as a child workflow.
             offered.append(llm_client.DELEGATE_SCHEMA)
+        if request.can_run_programs:  # The workflow runs it too (program.py).
+            offered.append(llm_client.PROGRAM_SCHEMA)
+        attempt = activity.info().attempt
+        llm = self._llm.for_attempt(attempt)
+        if llm.model != self._llm.model:
+            activity.logger.info("plan_next_action attempt %d falls back to %s", attempt, llm.model)
         try:
             self._faults.before_model_call()
-            plan = await _heartbeating(self._plan(request, offered))
+            plan = await _heartbeating(self._plan(llm, request, offered))
         except Exception as err:
             if classified := llm_client.classify_provider_error(err):
                 # One line in the worker log; the error is BENIGN, so the SDK adds no stack
@@ -184,17 +206,26 @@ class AgentActivities:
                 outcome = "not retried" if classified.non_retryable else "Temporal retries"
                 activity.logger.warning(
                     "plan_next_action attempt %d failed, %s: %s",
-                    activity.info().attempt,
+                    attempt,
                     outcome,
                     classified.message,
                 )
                 raise classified from None
             raise
         chosen = ", ".join(call.name for call in plan.tool_calls) or "reply"
-        activity.logger.info("plan_next_action -> %s", "end_chat" if plan.end_chat else chosen)
-        return dataclasses.replace(plan, tool_calls=[self._stamped(c) for c in plan.tool_calls])
+        activity.logger.info(
+            "plan_next_action -> %s (%s, %d tokens)",
+            "end_chat" if plan.end_chat else chosen,
+            plan.model,
+            plan.usage.tokens,
+        )
+        names = [schema["function"]["name"] for schema in offered]
+        stamped = [self._stamped(call, names) for call in plan.tool_calls]
+        return dataclasses.replace(plan, tool_calls=stamped)
 
-    async def _plan(self, request: PlanRequest, offered: list[dict[str, Any]]) -> Plan:
+    async def _plan(
+        self, llm: LlmSettings, request: PlanRequest, offered: list[dict[str, Any]]
+    ) -> Plan:
         """The model call; streamed to the workflow's `delta` topic if someone watches.
 
         The stream is a view: the `Plan` this returns, recorded in the history, is the
@@ -204,7 +235,7 @@ class AgentActivities:
         target, attempt = request.stream_to, activity.info().attempt
         traced = {"attempt": attempt, "trace_content": self._trace_content}
         if target is None:
-            return await llm_client.plan(self._llm, request.conversation, offered, **traced)
+            return await llm_client.plan(llm, request.conversation, offered, **traced)
         stream = WorkflowStreamClient.from_within_activity(batch_interval=DELTA_BATCH)
         async with stream:  # Flushes what is left before the activity completes.
             if attempt > 1:
@@ -216,11 +247,17 @@ class AgentActivities:
                 deltas.publish(TextDelta(target.turn, target.step, text))
 
             return await llm_client.plan(
-                self._llm, request.conversation, offered, on_text=publish, **traced
+                llm, request.conversation, offered, on_text=publish, **traced
             )
 
-    def _stamped(self, call: ToolCall) -> ToolCall:
-        """The call with this worker's approval policy on it, recorded in the history."""
+    def _stamped(self, call: ToolCall, offered: list[str]) -> ToolCall:
+        """The call with this worker's approval policy on it, recorded in the history; a
+        program's call gets the policy for the calls its program makes."""
+        if call.name == llm_client.PROGRAM_TOOL and llm_client.PROGRAM_TOOL in offered:
+            tools = [name for name in offered if name != llm_client.PROGRAM_TOOL]
+            gated = [name for name in tools if name in self._approvals.tools]
+            policy = ProgramPolicy(tools, gated, self._approvals.timeout_s)
+            return dataclasses.replace(call, program=policy)
         if call.name not in self._approvals.tools:
             return call
         return dataclasses.replace(
@@ -261,22 +298,6 @@ class AgentActivities:
                 f"the arguments are not valid JSON ({err.msg}): {call.arguments[:200]}"
             ) from err
         return await tool.call(arguments)  # It checks them against its schema first.
-
-
-def truncated(text: str, *, error: bool = False) -> str:
-    """Cap a tool result, with a marker, so one huge result cannot flood the context.
-
-    An error keeps both ends: its reason may come last ("... is too long"), after the
-    input it quotes.
-    """
-    if len(text) <= MAX_TOOL_RESULT_CHARS:
-        return text
-    hidden = len(text) - MAX_TOOL_RESULT_CHARS
-    if error:
-        head = MAX_TOOL_RESULT_CHARS // 2
-        tail = text[-(MAX_TOOL_RESULT_CHARS - head) :]
-        return f"{text[:head]}\n[{hidden} characters cut]\n{tail}"
-    return f"{text[:MAX_TOOL_RESULT_CHARS]}\n[truncated: {hidden} more characters not shown]"
 
 
 def _inject(what: str) -> None:

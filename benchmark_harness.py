@@ -44,6 +44,7 @@ SCRIPTED_WORKER_ENV = {
     "MCP_CONFIG": "",
     "OTEL_TRACES_EXPORTER": "none",
     "LLM_MODEL": "",
+    "LLM_FALLBACK_MODELS": "",
     "LLM_CONTEXT_TOKENS": "",
     "SCRIPTED_LATENCY_MS": "0",
     "FAULT_LLM_FAILURES": "0",
@@ -227,7 +228,11 @@ class Lab:
         assert client is not None
         settings = {**SCRIPTED_WORKER_ENV, "NOTES_FILE": str(self.workdir / "notes.jsonl")}
         if env.pop("REAL_MODEL", None):
-            del settings["LLM_MODEL"], settings["LLM_CONTEXT_TOKENS"]
+            del (
+                settings["LLM_MODEL"],
+                settings["LLM_CONTEXT_TOKENS"],
+                settings["LLM_FALLBACK_MODELS"],
+            )
         log = self.workdir / f"worker-{len(self.processes)}.log"
         address = client.service_client.config.target_host
         process = worker.WorkerProcess(address, task_queue, log, {**settings, **env})
@@ -240,7 +245,7 @@ class Lab:
     def model_calls(self, workflow_id: str) -> int:
         """How many times workers ran plan_next_action for a session: one log line each."""
         session = f"'workflow_id': '{workflow_id}'"
-        lines = (line for p in self.processes for line in p.log.read_text().splitlines())
+        lines = (line for p in self.processes for line in p.log.read_text().split("\n"))
         return sum(1 for line in lines if "plan_next_action ->" in line and session in line)
 
     async def server_version(self) -> str:
@@ -377,6 +382,10 @@ class Conversation:
         self.report.failures.append(f"{self.label}: an empty message was accepted")
         return None
 
+    async def tokens(self) -> int:
+        """Input plus output tokens the conversation's model calls used so far."""
+        return (await self.handle.query(DurableAgentWorkflow.usage)).conversation.tokens
+
     async def history(self) -> tuple[int, int]:
         """The current run's history: (events, bytes)."""
         info = (await self.handle.describe()).raw_description.workflow_execution_info
@@ -405,9 +414,10 @@ async def short_conversations(
     think_s: float = 0.0,
     stream: bool = False,
     bare_activities: int = 0,
-) -> tuple[list[float], list[float]]:
+) -> tuple[list[float], list[float], int]:
     """`count` turns in fresh conversations of ten, each after one unmeasured warm-up turn:
-    their latencies and, when streamed, their times to the first piece of text.
+    their latencies, when streamed their times to the first piece of text, and the tokens
+    their model calls used (the `usage` query, before and after; none for the floor).
 
     A conversation's turns slow down as its context grows (the growth section measures
     that); short conversations keep it out of figures that are about something else.
@@ -415,6 +425,7 @@ async def short_conversations(
     """
     latencies: list[float] = []
     first_deltas: list[float] = []
+    tokens = 0
     for first in range(0, count, SHORT_CONVERSATION_TURNS):
         if bare_activities:
             assert task_queue is not None
@@ -426,9 +437,11 @@ async def short_conversations(
         await conversation.turns_of(1, same(text), expect, think_s)
         conversation.first_deltas.clear()
         turns = min(SHORT_CONVERSATION_TURNS, count - first)
+        before = 0 if bare_activities else await conversation.tokens()
         latencies += await conversation.turns_of(turns, same(text), expect, think_s)
         first_deltas += conversation.first_deltas
-    return latencies, first_deltas
+        tokens += 0 if bare_activities else await conversation.tokens() - before
+    return latencies, first_deltas, tokens
 
 
 async def crash(

@@ -6,6 +6,8 @@ the payloads and show what comes back. It speaks Temporal's codec server protoco
 POST /decode and POST /encode (or any path ending so), each with a JSON body
 {"payloads": [...]} (the protobuf JSON of `Payloads`: metadata values and data in base64),
 the namespace in an X-Namespace header (one set of keys serves every namespace here).
+A body that is not that (bytes that are not UTF-8, JSON of another shape, bad base64) or
+a payload that does not decrypt is a 400 with a one-line reason, never a 500.
 
     uv run codec_server.py [--port 8081] [--ui-origin http://localhost:8233] [--host 127.0.0.1]
 
@@ -19,7 +21,10 @@ environment (or .env), not a flag, so it does not show in `ps`.
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import hmac
+import json
 import logging
 import os
 import sys
@@ -68,8 +73,11 @@ def build_app(
         if origin is not None and origin != ui_origin:
             # CORS only hides our answer from other pages; refuse them outright, so that a
             # page reaching us by DNS rebinding (same-origin to the browser) gets nothing.
-            return web.Response(status=403, text=f"origin {origin} is not allowed\n")
-        presented = request.headers.get(hdrs.AUTHORIZATION, "").encode()
+            # Quoted with repr: a header may carry bytes that are not UTF-8.
+            return web.Response(status=403, text=f"origin {origin!r} is not allowed\n")
+        # aiohttp hands over a header's bytes that are not UTF-8 as surrogates: compare
+        # the very bytes that were sent.
+        presented = request.headers.get(hdrs.AUTHORIZATION, "").encode(errors="surrogateescape")
         if token and not hmac.compare_digest(presented, f"Bearer {token}".encode()):
             headers = {**cors(request), hdrs.WWW_AUTHENTICATE: "Bearer"}
             return web.Response(status=401, text="missing or wrong token\n", headers=headers)
@@ -82,10 +90,8 @@ def build_app(
         if (refused := refusal(request)) is not None:
             return refused
         try:
-            # Lenient: a newer Web UI may send fields this SDK's protobufs do not know yet.
-            body = json_format.Parse(await request.read(), Payloads(), ignore_unknown_fields=True)
-            result = Payloads(payloads=await transform(body.payloads))
-        except (json_format.ParseError, DecryptionError) as err:
+            result = Payloads(payloads=await transform(parse_payloads(await request.read())))
+        except (MalformedBody, DecryptionError) as err:
             return web.Response(status=400, text=f"{err}\n", headers=cors(request))
         return web.Response(
             text=json_format.MessageToJson(result),
@@ -101,6 +107,77 @@ def build_app(
         app.router.add_post(path, partial(apply, transform))
         app.router.add_route(hdrs.METH_OPTIONS, path, preflight)
     return app
+
+
+class MalformedBody(ValueError):
+    """A request body that is not the protocol's {"payloads": [...]}: the sender's mistake,
+    answered with a 400 and this one-line reason."""
+
+
+def parse_payloads(body: bytes) -> list[Payload]:
+    """The payloads of a request body, or MalformedBody saying what is wrong with it.
+
+    json_format alone lets too much through: it decodes bytes outside its own error
+    handling, takes any JSON value for an empty message and skips invalid base64.
+    """
+    try:
+        document = json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise MalformedBody(f"the body is not UTF-8: invalid byte at offset {err.start}") from None
+    except json.JSONDecodeError as err:
+        raise MalformedBody(f"the body is not JSON: {err}") from None
+    except RecursionError:
+        raise MalformedBody("the body is not JSON this server reads: nested too deeply") from None
+    except ValueError:  # Python's int limit, the one other thing json.loads refuses
+        raise MalformedBody("the body is not JSON this server reads: a number too long") from None
+    if not isinstance(document, dict):
+        raise MalformedBody(f'expected a JSON object {{"payloads": [...]}}, got {_kind(document)}')
+    # Protobuf's JSON form sends an empty list as {} and may send null for any default.
+    payloads = _or_default(document.get("payloads"), [])
+    if not isinstance(payloads, list):
+        raise MalformedBody(f"payloads must be a list, got {_kind(payloads)}")
+    for number, payload in enumerate(payloads):
+        where = f"payloads[{number}]"
+        if not isinstance(payload, dict):
+            raise MalformedBody(f"{where} must be an object, got {_kind(payload)}")
+        # No data is a payload's valid empty data (binary/null has none): not refused here.
+        # An encrypted payload without it does not decrypt, which the codec says.
+        _check_base64(_or_default(payload.get("data"), ""), f"{where}.data")
+        metadata = _or_default(payload.get("metadata"), {})
+        if not isinstance(metadata, dict):
+            raise MalformedBody(f"{where}.metadata must be an object, got {_kind(metadata)}")
+        for name, value in metadata.items():
+            _check_base64(value, f"{where}.metadata[{name!r:.40}]")
+    try:
+        # Lenient: a newer Web UI may send fields this SDK's protobufs do not know yet.
+        parsed = json_format.ParseDict(document, Payloads(), ignore_unknown_fields=True)
+    except json_format.ParseError as err:
+        reason = " ".join(str(err).split())
+        raise MalformedBody(f"the body is not a Payloads message: {reason[:200]}") from None
+    return list(parsed.payloads)
+
+
+def _check_base64(value: object, where: str) -> None:
+    # Protobuf's JSON form: standard or URL-safe base64, with or without padding.
+    if not isinstance(value, str):
+        raise MalformedBody(f"{where} must be a base64 text, got {_kind(value)}")
+    text = value.replace("-", "+").replace("_", "/")
+    try:
+        base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except binascii.Error:
+        raise MalformedBody(f"{where} is not valid base64") from None
+
+
+def _or_default(value: object, default: object) -> object:
+    return default if value is None else value
+
+
+def _kind(value: object) -> str:
+    """A JSON value's kind, as a reason names it: never the value, which may be large."""
+    kinds = {dict: "an object", list: "a list", str: "a text", bool: "a boolean"}
+    if value is None:
+        return "null"
+    return kinds.get(type(value), "a number")
 
 
 def main() -> int:

@@ -6,7 +6,8 @@ The history service reads its transfer queue (which hands each workflow task tha
 an activity to matching) at most 20 times a second per shard by default, and the dev
 server has one shard: back-to-back turns slow to ~50 ms, and a 5 000-turn conversation
 drifts from ~48 to ~74 ms a turn. Every dev server this project starts (this script,
-`--embedded`, the tests, the benchmark) raises that limit (docs/performance.md).
+`--embedded`, the tests, the benchmark) raises that limit (docs/performance.md), and
+tells within seconds when an old deployment version has drained (docs/versioning.md).
 """
 
 from __future__ import annotations
@@ -20,7 +21,18 @@ from pathlib import Path
 
 from temporalio.testing import WorkflowEnvironment
 
-DEV_SERVER_ARGS = ["--dynamic-config-value", "history.transferProcessorMaxPollRPS=1000"]
+DEV_SERVER_ARGS = [
+    "--dynamic-config-value",
+    "history.transferProcessorMaxPollRPS=1000",
+    # A version no longer current is "draining" while open workflows are pinned to it, then
+    # "drained" (its workers may stop). The server checks every 3 minutes, and counts a
+    # version active for 3 minutes more in case its visibility lags; the dev server's
+    # visibility does not lag, so `describe-version` can say "drained" within seconds.
+    "--dynamic-config-value",
+    'matching.wv.VersionDrainageStatusRefreshInterval="2s"',
+    "--dynamic-config-value",
+    'matching.wv.VersionDrainageStatusVisibilityGracePeriod="5s"',
+]
 
 
 class NoTemporalBinary(Exception):

@@ -31,21 +31,26 @@ from litellm import CustomLLM
 from opentelemetry import trace
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
-from contract import Message, Plan, ToolCall
+import program
+from contract import Message, Plan, ToolCall, Usage
 from scripted_model import SCRIPTED_MODEL, ScriptedModel
-from workflow import DELEGATE_TOOL, MAX_MESSAGE_CHARS
+from workflow import DELEGATE_TOOL, MAX_MESSAGE_CHARS, PROGRAM_TOOL
 
 SYSTEM_PROMPT = (
     "You are a helpful assistant in a durable chat. Use the tools when they help: "
     "calculator for arithmetic, weather for the (demo) weather, save_note to remember "
     "something for the user, delegate (if offered) to hand a self-contained task to a "
-    "subagent. When the user says goodbye, call end_chat."
+    "subagent, run_program (if offered) when a task needs several tool calls. When the "
+    "user says goodbye, call end_chat."
 )
 
 DEFAULT_CONTEXT_TOKENS = 8_000
 """Context budget for models LiteLLM knows no size for, and the scripted model's size."""
 MAX_CONTEXT_TOKENS = 32_000
 """Cap for any model: the context window travels in every plan request, so in the history."""
+FALLBACK_AFTER_ATTEMPTS = 2
+"""Failed attempts of a model call before the next attempt goes to the next model in
+LLM_MODEL, LLM_FALLBACK_MODELS (round and round, while Temporal retries)."""
 
 # Temporal owns retries: each attempt is an activity attempt, visible in the history.
 litellm.num_retries = 0
@@ -88,16 +93,36 @@ class LlmSettings:
     scripted_latency_s: float = 0.0
     context_tokens: int | None = None
     """Token budget for the messages sent; None: 3/4 of the model's input size, capped."""
+    fallback_models: tuple[str, ...] = ()
+    """Tried in order when the model keeps failing with errors Temporal retries; each at
+    its provider's own address (LLM_API_BASE is the primary's)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> LlmSettings:
+        fallbacks = (env.get("LLM_FALLBACK_MODELS") or "").split(",")
         return cls(
             model=env.get("LLM_MODEL") or SCRIPTED_MODEL,
             api_base=env.get("LLM_API_BASE") or None,
             timeout_s=env_number(env, "LLM_TIMEOUT_S", float, 60.0),
             scripted_latency_s=env_number(env, "SCRIPTED_LATENCY_MS", float, 0.0) / 1000,
             context_tokens=env_number(env, "LLM_CONTEXT_TOKENS", int, 0) or None,
+            fallback_models=tuple(model.strip() for model in fallbacks if model.strip()),
         )
+
+    def models(self) -> list[LlmSettings]:
+        """The primary, then each fallback model, as the settings of a call to it."""
+        return [self] + [
+            dataclasses.replace(self, model=model, api_base=None, fallback_models=())
+            for model in self.fallback_models
+        ]
+
+    def for_attempt(self, attempt: int) -> LlmSettings:
+        """The model an activity attempt calls: FALLBACK_AFTER_ATTEMPTS attempts each, in
+        order, round and round. From the attempt number alone, so every retry, on any
+        worker, agrees; and a model that keeps failing cannot hold up the turn while
+        another would answer."""
+        models = self.models()
+        return models[(attempt - 1) // FALLBACK_AFTER_ATTEMPTS % len(models)]
 
     @property
     def is_scripted(self) -> bool:
@@ -175,6 +200,8 @@ async def plan(
     The call is a span, `chat {model}` (OpenTelemetry's GenAI conventions), with the
     activity's `attempt` and what the provider reports: token counts, finish reason.
     With `trace_content`, also the messages sent and the reply.
+
+    The plan says what the call used (`Plan.usage`, see `_usage`) and which model answered.
     """
     system = {"role": "system", "content": SYSTEM_PROMPT}
     tools = [*tools, END_CHAT_SCHEMA]
@@ -203,13 +230,14 @@ async def plan(
             response = await litellm.acompletion(**request)
             if on_text is not None and (text := response.choices[0].message.content):
                 await on_text(text)
-        span.set_attributes(_reported(response))
+        usage = _usage(settings.model, request["messages"], response)
+        span.set_attributes(_reported(response, usage))
         reply = litellm.Message(content=None) if response is None else response.choices[0].message
         plan = plan_from_reply(reply)
         if trace_content:
             answer = to_provider_format(Message("assistant", plan.reply, plan.tool_calls))
             span.set_attribute("gen_ai.output.messages", json.dumps([answer]))
-    return dataclasses.replace(plan, context_dropped=dropped)
+    return dataclasses.replace(plan, context_dropped=dropped, usage=usage, model=settings.model)
 
 
 async def _streamed_response(
@@ -252,15 +280,63 @@ def _model_call_span(model: str, attempt: int) -> Iterator[trace.Span]:
             raise
 
 
-def _reported(response: litellm.ModelResponse | None) -> dict[str, Any]:
-    """What the provider says of its answer, as GenAI span attributes; usage may be absent
-    (the scripted model reports none unless streamed)."""
+def _usage(
+    model: str, messages: list[dict[str, Any]], response: litellm.ModelResponse | None
+) -> Usage:
+    """What one call used: the provider's token counts, or LiteLLM's where it reports none
+    (the scripted model, some local servers); the cost from LiteLLM's price list, None if
+    it has no price for `model`.
+
+    LiteLLM counts a reply that reports none as it counts a stream that reports none
+    (what `_streamed_response` returns then): the messages sent, not the tool schemas, and
+    the text and tool calls received. So a reply has the same usage streamed or not.
+    """
+    if response is None:  # A stream with no chunk at all: nothing came back.
+        return Usage(model_calls=1)
+    reported = getattr(response, "usage", None)
+    if reported and (reported.prompt_tokens or reported.completion_tokens):
+        # LiteLLM prices every reply it returns: None where its list has no price.
+        cost = (getattr(response, "_hidden_params", None) or {}).get("response_cost")
+    else:
+        message = response.choices[0].message
+        received = (message.content or "") + "".join(
+            call.model_dump_json() for call in message.tool_calls or []
+        )
+        sent = litellm.token_counter(model=model, messages=messages)
+        written = litellm.token_counter(model=model, text=received, count_response_tokens=True)
+        reported = litellm.Usage(
+            prompt_tokens=sent, completion_tokens=written, total_tokens=sent + written
+        )
+        cost = _price(model, sent, written)
+    details = getattr(reported, "prompt_tokens_details", None)
+    return Usage(
+        model_calls=1,
+        input_tokens=reported.prompt_tokens or 0,
+        output_tokens=reported.completion_tokens or 0,
+        cached_tokens=getattr(details, "cached_tokens", None) or 0,
+        cost_usd=cost,
+    )
+
+
+def _price(model: str, input_tokens: int, output_tokens: int) -> float | None:
+    """What LiteLLM's price list says these tokens cost; None if it has no price."""
+    try:
+        return sum(litellm.cost_per_token(model, input_tokens, output_tokens))
+    except Exception:  # LiteLLM raises for a model that is not in its price list.
+        return None
+
+
+def _reported(response: litellm.ModelResponse | None, usage: Usage) -> dict[str, Any]:
+    """What the provider says of its answer, and what the call used, as GenAI span
+    attributes (the cost is ours: GenAI's conventions have none)."""
     if response is None:
         return {}
-    found: dict[str, Any] = {"gen_ai.response.model": getattr(response, "model", None)}
-    if usage := getattr(response, "usage", None):
-        found["gen_ai.usage.input_tokens"] = usage.prompt_tokens
-        found["gen_ai.usage.output_tokens"] = usage.completion_tokens
+    found: dict[str, Any] = {
+        "gen_ai.response.model": getattr(response, "model", None),
+        "gen_ai.usage.input_tokens": usage.input_tokens,
+        "gen_ai.usage.output_tokens": usage.output_tokens,
+        "agent.usage.cost_usd": usage.cost_usd,
+    }
     if reasons := [choice.finish_reason for choice in response.choices if choice.finish_reason]:
         found["gen_ai.response.finish_reasons"] = reasons
     return {key: value for key, value in found.items() if value is not None}
@@ -383,6 +459,28 @@ DELEGATE_SCHEMA = {
     },
 }
 """Offered while the workflow allows delegation; the workflow, not `execute_tool`, runs it."""
+
+
+PROGRAM_SCHEMA = {
+    "type": "function",
+    "function": {
+        "name": PROGRAM_TOOL,
+        "description": program.DESCRIPTION,
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "source": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": program.MAX_SOURCE_CHARS,
+                    "description": "The program, in the subset of Python described.",
+                },
+            },
+            "required": ["source"],
+        },
+    },
+}
+"""Offered unless the session turns programs off; the workflow runs it (program.py)."""
 
 
 def plan_from_reply(reply: litellm.Message) -> Plan:

@@ -125,16 +125,19 @@ class Row:
     mode: str
     kind: str
     turns: int
-    conversation: Callable[[int], Awaitable[tuple[list[float], list[float]]]]
-    """Runs a fresh conversation of that many measured turns: latencies, first deltas."""
+    conversation: Callable[[int], Awaitable[tuple[list[float], list[float], int]]]
+    """Runs a fresh conversation of that many measured turns: latencies, first deltas,
+    tokens used."""
     streamed: bool = False
     latencies: list[float] = dataclasses.field(default_factory=list)
     first_deltas: list[float] = dataclasses.field(default_factory=list)
+    tokens: int = 0
 
     async def run_conversation(self, turns: int) -> None:
-        latencies, first_deltas = await self.conversation(turns)
+        latencies, first_deltas, tokens = await self.conversation(turns)
         self.latencies += latencies
         self.first_deltas += first_deltas
+        self.tokens += tokens
 
 
 # --- Sections -----------------------------------------------------------------------------
@@ -233,8 +236,11 @@ async def table2(lab: Lab, s: Settings, report: Report) -> dict[str, Any]:
             if first < row.turns:
                 await row.run_conversation(min(SHORT_CONVERSATION_TURNS, row.turns - first))
     first_text: dict[str, dict[str, Stats]] = {}
+    tokens_per_turn: dict[str, dict[str, float]] = {}
     for row in rows:
         stats.setdefault(row.mode, {})[row.kind] = Stats.of(row.latencies)
+        if row.tokens:
+            tokens_per_turn.setdefault(row.mode, {})[row.kind] = row.tokens / len(row.latencies)
         if row.streamed:
             first_text.setdefault(row.mode, {})[row.kind] = Stats.of(row.first_deltas)
     if DURABLE in stats:
@@ -284,10 +290,16 @@ async def table2(lab: Lab, s: Settings, report: Report) -> dict[str, Any]:
         "in turn, round by round. plain: one model call; "
         "tool: model -> calculator -> model; rejected: an empty message, refused by the update "
         "validator (one workflow task, no activity: the floor of any durable turn). In-memory: "
-        "the same activities and model in a plain asyncio loop, no Temporal.",
+        "the same activities and model in a plain asyncio loop, no Temporal. Tokens/turn: "
+        "input + output tokens of the turn's model calls, from the conversation's `usage` "
+        "query (the scripted model's as LiteLLM counts them).",
         markdown_table(
-            ["mode", "turn", *Stats.HEADERS],
-            [[mode, kind, *st.cells()] for mode, row in stats.items() for kind, st in row.items()],
+            ["mode", "turn", *Stats.HEADERS, "tokens/turn"],
+            [
+                [mode, kind, *st.cells(), _tokens_cell(tokens_per_turn, mode, kind)]
+                for mode, row in stats.items()
+                for kind, st in row.items()
+            ],
         ),
         "Durability overhead = durable p50 - in-memory p50:",
         markdown_table(
@@ -408,6 +420,7 @@ async def table2(lab: Lab, s: Settings, report: Report) -> dict[str, Any]:
         "overhead": overhead,
         "excess": excess,
         "in_memory_cpu_ms_per_turn": in_memory_cpu_ms,
+        "tokens_per_turn": tokens_per_turn,
         "switched_on": switch_costs,
         "mcp_hop": mcp_hop,
         "first_text": {
@@ -433,7 +446,7 @@ async def pacing(lab: Lab, s: Settings, report: Report) -> dict[str, Any]:
             continue
         task_queue = await lab.worker(server)
         for pace, think_s in paces:
-            latencies, _ = await short_conversations(
+            latencies, _, _ = await short_conversations(
                 report,
                 f"pacing-{server}",
                 client,
@@ -773,6 +786,12 @@ async def long(lab: Lab, s: Settings, report: Report) -> dict[str, Any]:
         "recovery": kill,
         "plan_next_action_runs": calls,
     }
+
+
+def _tokens_cell(tokens_per_turn: dict[str, dict[str, float]], mode: str, kind: str) -> str:
+    """Tokens per turn of a row, or "-" where no model spends any (the floor, rejections)."""
+    found = tokens_per_turn.get(mode, {}).get(kind)
+    return "-" if found is None else f"{found:.0f}"
 
 
 def switched_on() -> dict[str, dict[str, str]]:

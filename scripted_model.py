@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import textwrap
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -22,6 +23,7 @@ from litellm.types.utils import GenericStreamingChunk
 SCRIPTED_MODEL = "scripted/agent"
 
 _USE = re.compile(r"^\s*use\s+(?P<tool>[\w.-]+)\s*(?P<arguments>\{.*\})?\s*$", re.DOTALL)
+_PROGRAM = re.compile(r"^\s*program:(?P<source>.*)$", re.IGNORECASE | re.DOTALL)
 _DELEGATE = re.compile(r"^\s*delegate:\s*(?P<tasks>.+)$", re.IGNORECASE | re.DOTALL)
 _NEXT_TASK = re.compile(r";\s*delegate:\s*", re.IGNORECASE)
 _GOODBYE = re.compile(r"\b(bye|goodbye)\b", re.IGNORECASE)
@@ -39,19 +41,20 @@ class ScriptedModel(CustomLLM):
     `use TOOL {"arg": ...}` calls any tool with those arguments (the JSON as written);
     an arithmetic question calls `calculator`, "weather in <city>" calls `weather`,
     "note: <text>" or "remember <text>" calls `save_note`, "bye" calls `end_chat`,
-    "delegate: <task>" calls `delegate` ("delegate: A; delegate: B": two calls at once);
-    after tool results it answers from them. Anything else gets a short reply saying
-    this is the scripted model.
+    "delegate: <task>" calls `delegate` ("delegate: A; delegate: B": two calls at once),
+    "program: <source>" calls `run_program` with that source; the weather in more than two
+    places is one program, if `run_program` is offered; after tool results it answers from
+    them. Anything else gets a short reply saying this is the scripted model.
     """
 
     async def acompletion(self, model: str, messages: list, *args: Any, **kwargs: Any) -> Any:
-        choice = _choice(model, messages)
+        choice = _choice(model, messages, kwargs)
         if latency_s := _latency_s(kwargs):
             await asyncio.sleep(latency_s)
         return ModelResponse(model=SCRIPTED_MODEL, choices=[choice])
 
     def completion(self, model: str, messages: list, *args: Any, **kwargs: Any) -> Any:
-        return ModelResponse(model=SCRIPTED_MODEL, choices=[_choice(model, messages)])
+        return ModelResponse(model=SCRIPTED_MODEL, choices=[_choice(model, messages, kwargs)])
 
     async def astreaming(
         self, model: str, messages: list, *args: Any, **kwargs: Any
@@ -59,7 +62,7 @@ class ScriptedModel(CustomLLM):
         """The same reply as `acompletion`, in pieces, as a real provider streams it: text
         a few words at a time, each tool call's arguments in two halves, the simulated
         latency spread over the pieces."""
-        chunks = stream_chunks(_choice(model, messages))
+        chunks = stream_chunks(_choice(model, messages, kwargs))
         pause_s = _latency_s(kwargs) / len(chunks)
         for chunk in chunks:
             if pause_s:
@@ -67,14 +70,15 @@ class ScriptedModel(CustomLLM):
             yield chunk
 
 
-def _choice(model: str, messages: list[dict[str, Any]]) -> dict[str, Any]:
+def _choice(model: str, messages: list[dict[str, Any]], kwargs: dict[str, Any]) -> dict[str, Any]:
     if model != SCRIPTED_MODEL.split("/", 1)[1]:
         raise litellm.NotFoundError(
             message=f"the scripted provider has no model '{model}'; use '{SCRIPTED_MODEL}'",
             model=model,
             llm_provider="scripted",
         )
-    return scripted_reply(messages)
+    tools = (kwargs.get("optional_params") or {}).get("tools") or []
+    return scripted_reply(messages, [tool["function"]["name"] for tool in tools])
 
 
 def _latency_s(kwargs: dict[str, Any]) -> float:
@@ -114,8 +118,11 @@ def _chunk(
     }
 
 
-def scripted_reply(messages: list[dict[str, Any]]) -> dict[str, Any]:
-    """The scripted model's choice for a conversation in OpenAI format."""
+def scripted_reply(
+    messages: list[dict[str, Any]], tools: list[str] | None = None
+) -> dict[str, Any]:
+    """The scripted model's choice for a conversation in OpenAI format, offered `tools`
+    (names; it asks for the others anyway, but writes programs only when offered them)."""
     last = messages[-1]
     if last["role"] == "tool":
         return _say(_summarise_tool_results(messages))
@@ -123,6 +130,9 @@ def scripted_reply(messages: list[dict[str, Any]]) -> dict[str, Any]:
     step = len(messages)
     if use := _USE.match(text):
         return _call(step, [(use["tool"], use["arguments"] or "{}")])
+    if written := _PROGRAM.match(text):
+        source = textwrap.dedent(written["source"].lstrip(" ").lstrip("\n"))
+        return _call(step, [("run_program", {"source": source})])
     if delegation := _DELEGATE.match(text):
         tasks = [task.strip() for task in _NEXT_TASK.split(delegation["tasks"])]
         return _call(step, [("delegate", {"task": task}) for task in tasks if task])
@@ -132,15 +142,28 @@ def scripted_reply(messages: list[dict[str, Any]]) -> dict[str, Any]:
         return _call(step, [("end_chat", {"farewell": "Goodbye! Thanks for chatting."})])
     if places := _CITIES.search(text):
         cities = [c.strip(" .") for c in _CITY_SEPARATOR.split(places[1]) if c.strip(" .")]
+        if len(cities) > 2 and "run_program" in (tools or []):
+            return _call(step, [("run_program", {"source": weather_program(cities)})])
         return _call(step, [("weather", {"city": city}) for city in cities])
     if sums := [e.strip() for e in _ARITHMETIC.findall(text) if _HAS_OPERATOR.search(e)]:
         return _call(step, [("calculator", {"expression": e}) for e in sums])
     return _say(
         "I am the scripted offline model. I can do arithmetic ('What is 25 * 4?'), "
         "demo weather ('weather in Paris'), notes ('note: buy milk'), subagents "
-        "('delegate: What is 6 * 7?'), any tool ('use weather {\"city\": \"Oslo\"}') "
+        "('delegate: What is 6 * 7?'), programs ('program: weather(city=\"Oslo\")'), "
+        'any tool (\'use weather {"city": "Oslo"}\') '
         "and 'bye'. "
         "Set LLM_MODEL in .env to talk to a real model."
+    )
+
+
+def weather_program(cities: list[str]) -> str:
+    """The program it writes for the weather in many places: every call at once, the
+    reports joined as its answer to the separate calls would join them."""
+    return (
+        f"cities = {json.dumps(cities)}\n"
+        "reports = parallel([weather(city=city) for city in cities])\n"
+        '"; ".join(reports)'
     )
 
 

@@ -6,6 +6,8 @@
     uv run start_workflow.py --session ID --approve [CALL_ID]   # or --deny [CALL_ID]
     uv run start_workflow.py --session ID --end   # end a session, print its transcript
                                                   # (a subagent's id: print what it did)
+    uv run start_workflow.py --session ID --budget calls=20,cost=0.5   # set its limits
+    uv run start_workflow.py --usage --message "Hi"   # and what each turn used
     uv run start_workflow.py --embedded ...       # with its own dev server and worker
 
 The client holds no state of its own: the conversation lives in the workflow, so the
@@ -19,6 +21,9 @@ and exits with code 3 (EXIT_AWAITING_APPROVAL) while the turn keeps waiting in T
 
 A turn that delegates says so on stderr, one line per subagent, with the subagent's
 workflow id: `--session THAT_ID --end` prints the subagent's transcript.
+
+What a conversation spends goes to stderr too: with `--usage`, a line per turn; `/usage`
+in the interactive chat; the totals when a chat ends (docs/usage.md).
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ from temporalio.runtime import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
+import deployment
 import tracing
 import worker
 from approval_prompts import (
@@ -68,6 +74,7 @@ from approval_prompts import (
 from contract import PendingApproval, SessionInput, Transcript
 from dev_server import NoTemporalBinary, port_is_free, start_dev_server
 from stream_view import TurnView
+from usage_lines import print_usage, set_budget
 from workflow import DurableAgentWorkflow
 
 T = TypeVar("T")
@@ -76,6 +83,7 @@ WAITING_NOTICE_AFTER_S = 5.0
 RETRY_EVERY_S = 2.0
 APPROVAL_CHECK_EVERY_S = 0.5
 END_WORDS = {"quit", "exit", "bye"}
+USAGE_COMMAND = "/usage"
 EXIT_AWAITING_APPROVAL = 3
 """`--message` and `--approve`/`--deny`: a turn waits for a person's decision."""
 
@@ -95,9 +103,11 @@ async def embedded_temporal(task_queue: str) -> AsyncIterator[Client]:
         # The dev server's own client has the SDK's default data converter; connect as
         # every other process does, so encryption (if configured) applies here too.
         client = await worker.connect(target)
+        version = deployment.deployment_config()
+        await deployment.make_current_if_first(client, version)  # on a fresh server, it is
         async with (
             worker.configured_activities() as activities,
-            worker.build_worker(client, task_queue, activities),
+            worker.build_worker(client, task_queue, activities, deployment_config=version),
         ):
             yield client
 
@@ -322,6 +332,9 @@ async def _converse(
         word = text.strip().lower()
         if not word:
             continue
+        if word == USAGE_COMMAND:
+            await print_usage(handle)
+            continue
         if word == "bye" or word not in END_WORDS:
             try:
                 await send(handle, text, ask, view)
@@ -329,6 +342,7 @@ async def _converse(
                 print(f"error: {err}", file=sys.stderr)
         if word in END_WORDS:
             print_transcript(await end_session(handle))
+            await print_usage(handle, turn=False)
             return
 
 
@@ -353,6 +367,10 @@ async def run(args: argparse.Namespace, client: Client) -> int:
     if args.end:
         handle = client.get_workflow_handle_for(DurableAgentWorkflow.run, session)
         print_transcript(await end_session(handle))
+        await print_usage(handle, turn=False)
+        return 0
+    if args.budget and not args.message and not deciding:
+        await set_budget(await open_session(client, session, task_queue), args.budget)
         return 0
     if not args.message and not deciding:
         view = TurnView(client, session, prefix="agent> ")
@@ -364,6 +382,8 @@ async def run(args: argparse.Namespace, client: Client) -> int:
         handle = await open_session(client, session, task_queue)
     print(f"Session {session} (continue it with --session {session})", file=sys.stderr)
     approver = script_approver(args.embedded)
+    if args.budget:
+        await set_budget(handle, args.budget)
     # stdout carries the replies alone; with --stream, each as the model writes it.
     view = TurnView(client, session, prefix="") if args.stream else None
     try:
@@ -378,6 +398,8 @@ async def run(args: argparse.Namespace, client: Client) -> int:
             reply = await send(handle, text, approver, view)
             if view is None:
                 print(reply, flush=True)
+            if args.usage:
+                await print_usage(handle, total=False)
     except AwaitingApproval:
         return EXIT_AWAITING_APPROVAL
     return 0
@@ -419,6 +441,14 @@ async def main() -> int:
     parser.add_argument("--reason", default="", help="why, with --deny")
     parser.add_argument(
         "--stream", action="store_true", help="with --message: print replies as they are written"
+    )
+    parser.add_argument(
+        "--usage", action="store_true", help="with --message: print what each turn used"
+    )
+    parser.add_argument(
+        "--budget",
+        metavar="calls=N,tokens=N,cost=USD",
+        help="set the session's limits (none: lift)",
     )
     parser.add_argument("--embedded", action="store_true", help="run a dev server and worker")
     parser.add_argument("--address", help=f"Temporal frontend (default {worker.DEFAULT_ADDRESS})")

@@ -84,10 +84,12 @@ def calculate(expression: Annotated[str, Field(max_length=MAX_EXPRESSION_CHARS)]
 
 
 def _evaluate(node: ast.expr) -> int | float:
+    # Every number the walker produces passes `_checked`, literals too: `1e999` parses
+    # to inf and a 150-digit literal is as big as any result.
     if isinstance(node, ast.Constant) and type(node.value) in (int, float):
-        return node.value
+        return _checked(node.value, "a number in the expression")
     if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
-        return _UNARY[type(node.op)](_evaluate(node.operand))
+        return _checked(_UNARY[type(node.op)](_evaluate(node.operand)))
     if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
         left, right = _evaluate(node.left), _evaluate(node.right)
         if isinstance(node.op, ast.Pow):
@@ -113,13 +115,13 @@ def _check_power(base: float, exponent: float) -> None:
         raise ToolError(f"the result would have more than {MAX_RESULT_DIGITS} digits")
 
 
-def _checked(value: Any) -> int | float:
+def _checked(value: Any, what: str = "the result") -> int | float:
     if isinstance(value, complex):
-        raise ToolError("the result is not a real number")
+        raise ToolError(f"{what} is not a real number")
     if isinstance(value, float) and not math.isfinite(value):
-        raise ToolError("the result is too large")
+        raise ToolError(f"{what} is too large")
     if isinstance(value, int) and abs(value) >= 10**MAX_RESULT_DIGITS:
-        raise ToolError(f"the result has more than {MAX_RESULT_DIGITS} digits")
+        raise ToolError(f"{what} has more than {MAX_RESULT_DIGITS} digits")
     return value
 
 
@@ -163,17 +165,22 @@ class NoteBook:
             if fcntl is not None:
                 fcntl.flock(notes, fcntl.LOCK_EX)
             notes.seek(0)
-            if key not in _keys(notes.read().splitlines()):
+            held = notes.read()
+            if key not in _keys(held):
                 record = {"key": key, "session": info.workflow_id, "text": text}
-                notes.write(json.dumps(record, ensure_ascii=False) + "\n")
+                # A line torn by a crash mid-write must not swallow this record too.
+                torn = "\n" if held and not held.endswith("\n") else ""
+                notes.write(torn + json.dumps(record, ensure_ascii=False) + "\n")
                 notes.flush()
                 os.fsync(notes.fileno())
         return f"Saved your note: {text}"
 
 
-def _keys(lines: list[str]) -> set[str]:
+def _keys(notes: str) -> set[str]:
+    # Records end in "\n", which json.dumps always escapes inside a text; str.splitlines
+    # would also cut a record at a U+2028, U+2029 or U+0085 that a note contains.
     keys = set()
-    for line in lines:
+    for line in notes.split("\n"):
         try:
             keys.add(json.loads(line)["key"])
         except (ValueError, KeyError, TypeError):

@@ -3,9 +3,9 @@
 Start as many as you like on one task queue; Temporal spreads the work between them,
 and when one dies another picks its tasks up. Everything configurable is read here,
 once, at start: connection (the SDK's environment configuration: TEMPORAL_ADDRESS,
-TEMPORAL_NAMESPACE, TEMPORAL_API_KEY, TLS, profiles), task queue, model, notes file,
-the tools (TOOL_MODULES, MCP_CONFIG) and which wait for approval, fault switches,
-encryption and traces (OTEL_*).
+TEMPORAL_NAMESPACE, TEMPORAL_API_KEY, TLS, profiles), task queue, deployment version
+(deployment.py), model, notes file, the tools (TOOL_MODULES, MCP_CONFIG) and which wait
+for approval, fault switches, encryption and traces (OTEL_*).
 
     uv run worker.py [--address HOST:PORT] [--task-queue NAME]
 """
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import hashlib
 import logging
 import os
 import signal
@@ -33,8 +32,10 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
 from temporalio.envconfig import ClientConfig
+from temporalio.service import RPCError
 from temporalio.worker import Worker
 
+import deployment
 import tracing
 from codec import EncryptionCodec
 from workflow import DurableAgentWorkflow
@@ -49,15 +50,6 @@ DEFAULT_NOTES_FILE = "notes.jsonl"
 # If that worker died, the task waits this long before any worker may take it: the SDK's
 # default of 10 s would make every conversation of a crashed worker wait 10 s.
 STICKY_TIMEOUT = timedelta(seconds=1)
-
-
-# Without one, the SDK hashes the bytecode of every loaded module (LiteLLM's too) when a
-# worker starts: 0.6 s of a restarted worker's way back. The workflow's own source says
-# which code the worker runs; no versioning rides on it, it only labels the history.
-BUILD_ID = (
-    "durable-agent-"
-    + hashlib.sha256(Path(__file__).with_name("workflow.py").read_bytes()).hexdigest()[:12]
-)
 
 
 class TemporalUnreachable(Exception):
@@ -117,7 +109,9 @@ def task_queue_name(flag: str | None = None) -> str:
 def build_worker(
     client: Client, task_queue: str, activities: AgentActivities, **options: Any
 ) -> Worker:
-    """A worker for the agent, running these activities (`configured_activities`)."""
+    """A worker for the agent, running these activities (`configured_activities`); its
+    deployment version (deployment.py) defaults to the one the environment configures."""
+    options.setdefault("deployment_config", deployment.deployment_config())
     return Worker(
         client,
         task_queue=task_queue,
@@ -125,7 +119,6 @@ def build_worker(
         activities=[activities.plan_next_action, activities.execute_tool],
         graceful_shutdown_timeout=timedelta(seconds=5),
         sticky_queue_schedule_to_start_timeout=STICKY_TIMEOUT,
-        build_id=BUILD_ID,
         **options,
     )
 
@@ -153,13 +146,15 @@ async def configured_activities(
     from llm_client import LlmSettings
 
     llm = LlmSettings.from_env(env)
-    if missing := llm.missing_keys():
-        # The OpenAI client will not send a request without a key, even to a local server.
-        local = f" (a server that checks no key takes any, e.g. {missing[0]}=unused)"
-        raise ValueError(
-            f"LLM_MODEL={llm.model} needs {', '.join(missing)}: add it to .env"
-            + (local if llm.api_base else "")
-        )
+    for model in llm.models():  # The primary, then each fallback: all checked now.
+        if missing := model.missing_keys():
+            # The OpenAI client will not send a request without a key, even to a local server.
+            local = f" (a server that checks no key takes any, e.g. {missing[0]}=unused)"
+            which = "LLM_MODEL=" if model is llm else "LLM_FALLBACK_MODELS: "
+            raise ValueError(
+                f"{which}{model.model} needs {', '.join(missing)}: add it to .env"
+                + (local if model.api_base else "")
+            )
     faults = Faults.from_env(dict(env))
     async with AsyncExitStack() as stack:
         mcp = []
@@ -229,33 +224,40 @@ async def main() -> int:
     args = parser.parse_args()
     load_dotenv()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    async with AsyncExitStack() as stack:
+    async with AsyncExitStack() as stack:  # MCP sessions stay open until the worker stops
         try:
             activities = await stack.enter_async_context(configured_activities())
             # Warm up before tracing starts: the warm-up's model calls are no conversation's.
             await activities.warm_up()
             traces = tracing.setup("durable-agent-worker")  # before connecting: adds the plugin
+            version = deployment.deployment_config()
             client = await connect(args.address)
+            versioning = await deployment.make_current_if_first(client, version)
         except (ValueError, TemporalUnreachable) as err:
             print(f"worker: {err}", file=sys.stderr)
             return 2
-        return await serve(client, task_queue_name(args.task_queue), activities, traces)
+        except RPCError as err:  # e.g. a server without Worker Deployment Versioning
+            print(
+                "worker: cannot declare deployment version "
+                f"{version.version.to_canonical_string()} ({err.message}); "
+                "TEMPORAL_DEPLOYMENT_NAME= (empty) runs unversioned",
+                file=sys.stderr,
+            )
+            return 2
+        task_queue = task_queue_name(args.task_queue)
+        print(activities.describe(), file=sys.stderr)
+        codec = client.data_converter.payload_codec
+        encryption = codec.describe() if isinstance(codec, EncryptionCodec) else "Encryption: off"
+        print(encryption, file=sys.stderr)
+        print(traces, file=sys.stderr)
+        print(versioning, file=sys.stderr)
 
-
-async def serve(client: Client, task_queue: str, activities: AgentActivities, traces: str) -> int:
-    """Print the banner, then poll until SIGINT or SIGTERM."""
-    print(activities.describe(), file=sys.stderr)
-    codec = client.data_converter.payload_codec
-    encryption = codec.describe() if isinstance(codec, EncryptionCodec) else "Encryption: off"
-    print(encryption, file=sys.stderr)
-    print(traces, file=sys.stderr)
-
-    stop = asyncio.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        asyncio.get_running_loop().add_signal_handler(signum, stop.set)
-    async with build_worker(client, task_queue, activities):
-        print(f"Polling task queue '{task_queue}'. Ctrl-C to stop.", file=sys.stderr)
-        await stop.wait()
+        stop = asyncio.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            asyncio.get_running_loop().add_signal_handler(signum, stop.set)
+        async with build_worker(client, task_queue, activities, deployment_config=version):
+            print(f"Polling task queue '{task_queue}'. Ctrl-C to stop.", file=sys.stderr)
+            await stop.wait()
     print("Worker stopped.", file=sys.stderr)
     return 0
 

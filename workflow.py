@@ -13,11 +13,13 @@ of the event history, in `contract.py`.
 
 import asyncio
 import dataclasses
+import itertools
 import json
 from collections import deque
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, suppress
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -38,25 +40,37 @@ with workflow.unsafe.imports_passed_through():
     from opentelemetry import context as otel_context
     from opentelemetry import trace
 
-    # Frozen dataclasses and constants, no state: safe to share between runs. The sandbox
-    # would otherwise build every class again for each new conversation (30 ms a run
-    # here), and the data converter its decoder for each of them.
+    # Pure code and frozen dataclasses, no state between runs: safe to share. The sandbox
+    # would otherwise import each afresh for every new conversation (30 ms a run here for
+    # contract.py), and the data converter would build a decoder for each class again.
+    # budget.py is the budget's arithmetic, program.py the interpreter of model programs.
+    import program
+    from budget import budget_problem, refusal, shares
     from contract import (
         ApprovalEvent,
+        Budget,
         DeltaTarget,
+        InvalidSessionInput,
         Message,
         PendingApproval,
         Plan,
         PlanRequest,
+        ProgramPolicy,
         SessionInput,
         Status,
         Subagent,
+        SubagentUsage,
         ToolCall,
         ToolDecision,
         ToolEvent,
         ToolResult,
         Transcript,
         TurnEvent,
+        TurnUsage,
+        Usage,
+        UsageReport,
+        check_session_input,
+        truncated,
     )
 
 MAX_MESSAGE_CHARS = 8_000
@@ -90,6 +104,14 @@ TOOL_OPTIONS = {
 
 # Subagents: a `delegate` call runs this same loop on a task, as a child workflow.
 DELEGATE_TOOL = "delegate"
+# A subagent signals its parent what each of its model calls used. Histories recorded
+# before it did have no such signal: replay them without sending one.
+REPORTS_USAGE = "subagent-reports-usage"
+# Programs: a `run_program` call runs the model's program here (program.py); each tool
+# call it makes takes the path of a direct call, through `_run_tool`.
+PROGRAM_TOOL = "run_program"
+NOT_RUN = "Not run: "
+"""How the result of a call that was denied, or expired, begins."""
 
 
 @dataclass(frozen=True)
@@ -108,15 +130,31 @@ class _Outcome:
     error: str = ""
 
 
-@workflow.defn
+class _BudgetReached(Exception):
+    """The budget allows no further model call; the message says which limit, and how to
+    raise it."""
+
+
+# An input that does not decode or makes no sense fails the workflow with its reason: no
+# worker could ever run it. Any other exception in this code is a bug, and fails only the
+# workflow task, which Temporal retries until a fixed worker runs it.
+# Pinned (the versioned worker's default, deployment.py; a workflow that declared it would
+# fail on unversioned workers): every workflow task of a run goes to workers of the
+# version it started on, so a run never meets code it was not written by. A conversation
+# moves to a newer version only by continuing as new onto it, between turns
+# (`_should_upgrade`, docs/versioning.md).
+@workflow.defn(failure_exception_types=[InvalidSessionInput])
 class DurableAgentWorkflow:
     """One conversation. The workflow id is the session id."""
 
+    # `None` only so that a start with no input, or null, is refused with a reason instead
+    # of failing every workflow task on the missing argument. `run` refuses a bad input
+    # first thing; until then, the defaults stand in for one that is not a SessionInput.
     @workflow.init
-    def __init__(self, session: SessionInput) -> None:
-        self._session = session
-        self._messages = list(session.messages)
-        self._earlier_messages = session.earlier_messages
+    def __init__(self, session: SessionInput | None = None) -> None:
+        self._session = session if isinstance(session, SessionInput) else SessionInput()
+        self._messages = list(self._session.messages)
+        self._earlier_messages = self._session.earlier_messages
         self._inbox: deque[_Inbound] = deque()
         self._outcomes: dict[int, _Outcome] = {}
         self._received = 0
@@ -125,28 +163,49 @@ class DurableAgentWorkflow:
         self._turn = _Inbound(0, "")
         self._pending: dict[str, PendingApproval] = {}
         self._decisions: dict[str, ToolDecision] = {}
-        self._stream = WorkflowStream(session.stream)
+        self._expired: dict[str, str] = {}  # call id -> when it expired (ISO 8601)
+        self._stream = WorkflowStream(self._session.stream)
         self._last_turn_offset = 0
         self._subagents: list[Subagent] = []
+        self._budget = self._session.budget
+        self._usage = self._session.usage
+        self._last_turn = self._session.last_turn
+        self._reports: list[asyncio.Task[None]] = []
 
     @workflow.run
-    async def run(self, session: SessionInput) -> Transcript:
-        if session.task is not None:  # A subagent: one task, no chat.
-            return await self._answer_task(session.task)
+    async def run(self, session: SessionInput | None = None) -> Transcript:
+        check_session_input(session)  # InvalidSessionInput: the workflow fails with why
+        if problem := budget_problem(self._session.budget):
+            raise InvalidSessionInput(f"budget: {problem}")
+        if self._session.task is not None:  # A subagent: one task, no chat.
+            return await self._answer_task(self._session.task)
         # Messages are answered one at a time, in the order their updates were accepted.
         while not self._ended:
-            # Between turns: hand over to a fresh run before the history grows large.
-            if self._history_is_large() and await self._nothing_in_flight() and not self._ended:
-                workflow.continue_as_new(self._carry_over())
-            await workflow.wait_condition(lambda: bool(self._inbox) or self._ended)
+            # Between turns: hand over to a fresh run before the history grows large, or
+            # when a newer version of the agent is current, to a run on that version.
+            if (
+                (self._history_is_large() or self._should_upgrade())
+                and await self._nothing_in_flight()
+                and not self._ended
+            ):
+                workflow.continue_as_new(
+                    self._carry_over(), initial_versioning_behavior=self._next_run_versioning()
+                )
+            await workflow.wait_condition(
+                lambda: bool(self._inbox) or self._ended or self._should_upgrade()
+            )
             if self._ended:
                 break
+            if not self._inbox:
+                continue  # Woken by news of a newer version: move to it, above.
             message = self._inbox.popleft()
             self._working, self._turn = True, message
+            self._last_turn = TurnUsage(message.update_id)
             with self._turn_span(message) as span:
                 outcome = await self._answer(message.text)
                 if outcome.error:
                     span.set_status(trace.StatusCode.ERROR)
+                span.set_attributes(_usage_attributes(self._last_turn.usage))
             self._outcomes[message.number] = outcome
             self._working = False
             self._publish("turn", TurnEvent(message.update_id, outcome.reply, outcome.error))
@@ -187,6 +246,8 @@ class DurableAgentWorkflow:
             raise ValueError("This is a subagent: it answers its parent's task, not messages.")
         if self._ended:
             raise ValueError("This chat has ended. Start a new session to keep talking.")
+        if not isinstance(text, str):  # A client that is not ours; the SDK passed it on.
+            raise ValueError(f"The message must be a text, not {type(text).__name__}.")
         if not text.strip():
             raise ValueError("The message is empty.")
         if len(text) > MAX_MESSAGE_CHARS:
@@ -200,7 +261,8 @@ class DurableAgentWorkflow:
         if decision.call_id not in self._pending:
             # Accepted, but the call expired or the chat ended in the same moment.
             raise ApplicationError(
-                f"Tool call {decision.call_id} no longer waits for a decision.",
+                self._undecidable(decision.call_id)
+                or f"Tool call {decision.call_id} no longer waits for a decision.",
                 type="NotPending",
                 non_retryable=True,
             )
@@ -209,13 +271,29 @@ class DurableAgentWorkflow:
 
     @decide_tool_call.validator
     def _validate_decision(self, decision: ToolDecision) -> None:
-        if decision.call_id in self._decisions:
-            raise ValueError(f"Tool call {decision.call_id} has already been decided.")
-        if decision.call_id not in self._pending:
+        if not isinstance(decision, ToolDecision):  # null, or more than one argument
+            raise ValueError('A decision is {"call_id": ..., "approved": ..., "reason": ...}.')
+        if refusal := self._undecidable(decision.call_id):
+            raise ValueError(refusal)
+        # A decision that reaches a worker after the call's expiry is refused, even when
+        # the expiry's timer has not fired yet here: after a restart, both can arrive in
+        # the same workflow task, and the decision would be applied first. Only here, in
+        # the validator, which replay does not run: a check in the handler or after the
+        # wait would replay differently any history that recorded such a decision.
+        pending = self._pending[decision.call_id]
+        if pending.expires_at and workflow.now() >= datetime.fromisoformat(pending.expires_at):
+            raise ValueError(_expiry_refusal(decision.call_id, pending.expires_at))
+
+    def _undecidable(self, call_id: str) -> str | None:
+        """Why a decision on `call_id` is refused whatever the time, or None."""
+        if call_id in self._expired:
+            return _expiry_refusal(call_id, self._expired[call_id])
+        if call_id in self._decisions:
+            return f"Tool call {call_id} has already been decided."
+        if call_id not in self._pending:
             waiting = ", ".join(self._pending) or "none"
-            raise ValueError(
-                f"No tool call {decision.call_id} waits for approval (waiting: {waiting})."
-            )
+            return f"No tool call {call_id} waits for approval (waiting: {waiting})."
+        return None
 
     @workflow.signal
     def end_chat(self) -> None:
@@ -224,6 +302,16 @@ class DurableAgentWorkflow:
         Tool calls that wait for approval are denied ("chat ended"); the model answers.
         """
         self._ended = True
+
+    @workflow.signal
+    def move_to_current_version(self) -> None:
+        """Wake an idle conversation so that it moves to the current version now.
+
+        Nothing to do here: a run hears that a newer version is current only in a workflow
+        task, and an idle one has none until something arrives. This signal is that
+        something; the loop then continues as new onto the new version, between turns as
+        always (a turn in flight finishes first).
+        """
 
     @workflow.query
     def conversation(self) -> Transcript:
@@ -253,6 +341,33 @@ class DurableAgentWorkflow:
         """Child workflows this run started, oldest first: what a client shows, one a line."""
         return list(self._subagents)
 
+    @workflow.query
+    def usage(self) -> UsageReport:
+        """What the conversation and its latest turn spent (subagents included), and the
+        limits."""
+        return UsageReport(self._usage, self._last_turn, self._budget)
+
+    @workflow.update
+    def set_budget(self, budget: Budget) -> UsageReport:
+        """Replace the conversation's limits; they apply from its next model call. A
+        subagent already running keeps the share it started with."""
+        self._budget = budget
+        return self.usage()
+
+    @set_budget.validator
+    def _validate_budget(self, budget: Budget) -> None:
+        if not isinstance(budget, Budget):  # null, from a client that is not ours
+            raise ValueError('A budget is {"model_calls": ..., "tokens": ..., "cost_usd": ...}.')
+        if problem := budget_problem(budget):
+            raise ValueError(problem)
+
+    @workflow.signal
+    def subagent_usage(self, report: SubagentUsage) -> None:
+        """A subagent of this run reports what a model call used; it counts here too (and,
+        in a subagent, is passed on up). Reports from anyone else are ignored."""
+        if any(child.workflow_id == report.workflow_id for child in self._subagents):
+            self._spent(report.usage)
+
     def _turn_span(self, message: _Inbound) -> AbstractContextManager[trace.Span]:
         """The turn as a span, `agent.turn`, under the update that asked for it; the model
         calls and tools of the turn go under it. No message text: content stays in the
@@ -280,6 +395,11 @@ class DurableAgentWorkflow:
                 raise  # The workflow is being cancelled, not the turn failing: end cancelled.
             del self._messages[turn_start:]
             return _Outcome(error=_explain(err))
+        except _BudgetReached as stop:
+            if self._session.task is not None:  # A subagent fails: its parent's model reads why.
+                return _Outcome(error=str(stop))
+            self._messages.append(Message("assistant", str(stop)))
+            return _Outcome(reply=str(stop))  # The turn ends; the chat goes on.
         # Forget what no longer fits the model's context: the state stays bounded.
         del self._messages[: final.context_dropped]
         self._earlier_messages += final.context_dropped
@@ -289,6 +409,7 @@ class DurableAgentWorkflow:
         """plan -> tools -> plan -> ... -> reply: the loop the paper makes durable."""
         plan = Plan()
         for step in range(self._session.max_model_steps_per_turn):
+            self._check_budget()
             stream_to = DeltaTarget(self._turn.update_id, step) if self._turn.stream else None
             plan = await workflow.execute_activity(
                 "plan_next_action",
@@ -297,10 +418,12 @@ class DurableAgentWorkflow:
                     self._session.tools,
                     stream_to=stream_to,
                     can_delegate=self._may_delegate(),
+                    can_run_programs=self._session.allow_programs,
                 ),
                 result_type=Plan,
                 **PLAN_OPTIONS,
             )
+            self._spent(plan.usage)
             self._messages.append(Message("assistant", plan.reply, plan.tool_calls))
             if not plan.tool_calls:
                 self._ended = self._ended or plan.end_chat
@@ -321,10 +444,32 @@ class DurableAgentWorkflow:
         self._messages.append(Message("assistant", reply))
         return Plan(reply=reply, context_dropped=plan.context_dropped)
 
+    def _check_budget(self) -> None:
+        """Before each model call: once a limit is reached, no further call (budget.py)."""
+        subagent = self._session.task is not None
+        if stop := refusal(self._budget, self._usage, workflow.info().workflow_id, subagent):
+            raise _BudgetReached(stop)
+
+    def _spent(self, usage: Usage) -> None:
+        """Count what a model call used, this agent's or a subagent's, in the turn's and
+        the conversation's totals. A subagent also signals it to its parent at once (the
+        signal goes out with its next step, which does not wait for it): so its parent
+        counts every call it made, however it ends (answered, failed, cancelled, timed
+        out). `_answer_task` waits for the signals before it ends, so that a parent
+        always has them before it learns how its subagent ended."""
+        self._usage += usage
+        if self._last_turn is not None:
+            self._last_turn = TurnUsage(self._last_turn.turn, self._last_turn.usage + usage)
+        parent = workflow.info().parent
+        if parent is not None and workflow.patched(REPORTS_USAGE):
+            report = SubagentUsage(workflow.info().workflow_id, usage)
+            self._reports.append(asyncio.create_task(_report(parent.workflow_id, report)))
+
     async def _run_tool(self, call: ToolCall) -> ToolResult:
         """Run one tool call, after a person approves it if the worker's policy says so."""
         offered = self._session.tools
-        if call.name != DELEGATE_TOOL and offered is not None and call.name not in offered:
+        run_here = (DELEGATE_TOOL, PROGRAM_TOOL)
+        if call.name not in run_here and offered is not None and call.name not in offered:
             return _tool_error(call, f"{call.name} is not one of this agent's tools")
         if call.needs_approval and (refusal := await self._approval(call)):
             self._publish_tool(call, "finished", "not run")
@@ -332,6 +477,8 @@ class DurableAgentWorkflow:
         self._publish_tool(call, "started")
         if call.name == DELEGATE_TOOL:
             result = await self._delegate(call)
+        elif call.name == PROGRAM_TOOL:
+            result = await self._run_program(call)
         else:
             result = await workflow.execute_activity(
                 "execute_tool", call, result_type=ToolResult, **TOOL_OPTIONS
@@ -346,15 +493,12 @@ class DurableAgentWorkflow:
         if self._session.task is not None:  # Nobody watches a subagent to decide.
             return _not_run(call, "a subagent cannot ask for approval; the parent agent can")
         now, timeout_s = workflow.now(), call.approval_timeout_s
-        self._decisions.pop(call.id, None)  # Models may reuse a call id in a later turn.
-        expires_at = now + timedelta(seconds=timeout_s) if timeout_s else None
+        # Models may reuse a call id in a later turn.
+        self._decisions.pop(call.id, None)
+        self._expired.pop(call.id, None)
+        expires_at = (now + timedelta(seconds=timeout_s)).isoformat() if timeout_s else None
         self._pending[call.id] = PendingApproval(
-            call.id,
-            call.name,
-            call.arguments,
-            now.isoformat(),
-            self._turn.update_id,
-            expires_at.isoformat() if expires_at else None,
+            call.id, call.name, call.arguments, now.isoformat(), self._turn.update_id, expires_at
         )
         self._publish_approval(call, "requested")
         try:
@@ -363,7 +507,7 @@ class DurableAgentWorkflow:
             )
         except asyncio.TimeoutError:
             why = f"no decision within {timeout_s:g} s"
-            self._decisions[call.id] = ToolDecision(call.id, False, why)  # Late ones: refused.
+            self._expired[call.id] = expires_at or ""  # Late decisions: refused as expired.
             self._publish_approval(call, "expired", why)
             return _not_run(call, why)
         finally:
@@ -377,9 +521,10 @@ class DurableAgentWorkflow:
     async def _answer_task(self, task: str) -> Transcript:
         """A subagent's whole run: one turn on its parent's task, then it ends. A failed
         turn fails the child workflow, so the parent's model reads why as a tool error."""
-        self._working = True
+        self._working, self._last_turn = True, TurnUsage(self._turn.update_id)
         outcome = await self._answer(task)
         self._working, self._ended = False, True
+        await asyncio.gather(*self._reports)  # What it spent reaches its parent first.
         if outcome.error:
             raise ApplicationError(outcome.error, type="SubagentFailed", non_retryable=True)
         return self._transcript()
@@ -399,7 +544,7 @@ class DurableAgentWorkflow:
         try:
             transcript = await workflow.execute_child_workflow(
                 DurableAgentWorkflow.run,
-                self._subagent_input(task, tools),
+                self._subagent_input(task, tools, self._subagent_budget(call)),
                 id=child.workflow_id,
                 execution_timeout=timedelta(seconds=self._session.subagent_timeout_s),
                 # Cancelling this workflow cancels the child through this await. If it
@@ -416,6 +561,56 @@ class DurableAgentWorkflow:
             return _tool_error(call, self._subagent_failure(child.workflow_id, err))
         return ToolResult(call.id, call.name, transcript.messages[-1].content)
 
+    async def _run_program(self, call: ToolCall) -> ToolResult:
+        """Run a `run_program` call: the interpreter walks the model's program here, in
+        the workflow, and replay walks it again, each tool call's result coming from the
+        history. A program that cannot run, or stops, is a tool error the model reads."""
+        if not self._session.allow_programs:
+            return _tool_error(call, f"{PROGRAM_TOOL} is not offered in this conversation")
+        try:
+            source = _program_source(call.arguments)
+        except ValueError as problem:
+            return _tool_error(call, str(problem))
+        policy = call.program or ProgramPolicy(tools=[])
+        with self._program_span(call) as span:
+            try:
+                output = await program.run(source, policy.tools, self._program_caller(call, policy))
+            except program.ProgramError as stopped:
+                span.set_status(trace.StatusCode.ERROR)
+                return _tool_error(call, str(stopped))
+        return ToolResult(call.id, call.name, truncated(output))
+
+    def _program_span(self, call: ToolCall) -> AbstractContextManager[trace.Span]:
+        """The program as a span, `agent.program`, in the turn's: its calls go under it."""
+        attributes = {"gen_ai.tool.call.id": call.id}
+        return trace.get_tracer(__name__).start_as_current_span(
+            "agent.program", attributes=attributes
+        )
+
+    def _program_caller(self, call: ToolCall, policy: ProgramPolicy) -> program.ToolCaller:
+        """How the program's tool calls are made: each one a ToolCall of its own, with an
+        id from the program's and a number (call_2_0-1, call_2_0-2, ...), run by
+        `_run_tool` as if the model had asked for it: the approval gate, `delegate`'s
+        child workflow, the `tool` events, the `execute_tool` activity."""
+        numbers = itertools.count(1)
+
+        async def call_tool(name: str, arguments: dict[str, Any]) -> str:
+            inner = ToolCall(
+                f"{call.id}-{next(numbers)}",
+                name,
+                json.dumps(arguments),
+                needs_approval=name in policy.needs_approval,
+                approval_timeout_s=policy.approval_timeout_s,
+            )
+            result = await self._run_tool(inner)
+            if result.is_error:
+                raise program.ToolFailed(f"{name} failed: {result.content}")
+            if inner.needs_approval and result.content.startswith(NOT_RUN):  # denied, expired
+                raise program.ToolFailed(f"{name} was not run: {result.content[len(NOT_RUN) :]}")
+            return result.content
+
+        return call_tool
+
     def _may_delegate(self) -> bool:
         return self._session.depth < self._session.max_delegation_depth
 
@@ -427,8 +622,18 @@ class DurableAgentWorkflow:
         place = self._earlier_messages + len(self._messages)
         return f"{workflow.info().workflow_id}-delegate-{place}-{call.id}"
 
-    def _subagent_input(self, task: str, tools: list[str] | None) -> SessionInput:
-        """The child's session: the task, one level deeper, never a tool this agent lacks."""
+    def _subagent_budget(self, call: ToolCall) -> Budget:
+        """The child's share of what remains of this agent's budget: split evenly among
+        the delegations of the model reply that asked for it, which run at once. A
+        delegation a program makes is in no reply: it gets the whole remainder."""
+        reply = next((m for m in reversed(self._messages) if call in m.tool_calls), None)
+        siblings = [c.id for c in reply.tool_calls if c.name == DELEGATE_TOOL] if reply else []
+        siblings = siblings or [call.id]
+        return shares(self._budget, self._usage, len(siblings))[siblings.index(call.id)]
+
+    def _subagent_input(self, task: str, tools: list[str] | None, budget: Budget) -> SessionInput:
+        """The child's session: the task, one level deeper, never a tool this agent lacks,
+        its share of the budget."""
         allowed = self._session.tools
         if tools is not None:
             allowed = [name for name in dict.fromkeys(tools) if allowed is None or name in allowed]
@@ -439,6 +644,9 @@ class DurableAgentWorkflow:
             tools=allowed,
             messages=[],
             earlier_messages=0,
+            budget=budget,
+            usage=Usage(),
+            last_turn=None,
         )
 
     def _subagent_failure(self, child_id: str, err: Exception) -> str:
@@ -483,6 +691,19 @@ class DurableAgentWorkflow:
             or info.get_current_history_size() >= self._session.continue_as_new_after_bytes
         )
 
+    def _should_upgrade(self) -> bool:
+        """A newer version of the agent is current (or ramping to this conversation). The
+        server says so in each workflow task it sends this run, which stays pinned to
+        its own version; the news is in the history, so replay decides alike."""
+        return workflow.info().is_target_worker_deployment_version_changed()
+
+    def _next_run_versioning(self) -> workflow.ContinueAsNewVersioningBehavior | None:
+        """Upgrading, the next run starts on the current version (then is pinned there);
+        otherwise it inherits this run's version."""
+        if self._should_upgrade():
+            return workflow.ContinueAsNewVersioningBehavior.AUTO_UPGRADE
+        return None
+
     async def _nothing_in_flight(self) -> bool:
         """Wait until every caller has its reply, unless a new message arrives first.
 
@@ -503,16 +724,31 @@ class DurableAgentWorkflow:
             earlier_messages=self._earlier_messages,
             earlier_turns=self._session.earlier_turns + self._received,
             stream=self._stream.get_state(),
+            budget=self._budget,
+            usage=self._usage,
+            last_turn=self._last_turn,
         )
 
     def _transcript(self) -> Transcript:
         return Transcript(list(self._messages), self._ended, self._earlier_messages)
 
 
+async def _report(parent_id: str, usage: SubagentUsage) -> None:
+    """Signal a subagent's usage to its parent (`subagent_usage`)."""
+    with suppress(FailureError):  # The parent is gone: nobody is left to count it for.
+        await workflow.get_external_workflow_handle(parent_id).signal(
+            DurableAgentWorkflow.subagent_usage, usage
+        )
+
+
 def _not_run(call: ToolCall, why: str) -> ToolResult:
     """The result the model sees for a call that was denied or expired: not an error of
     the turn, just a fact it can answer from."""
-    return ToolResult(call.id, call.name, f"Not run: {why}.")
+    return ToolResult(call.id, call.name, f"{NOT_RUN}{why}.")
+
+
+def _expiry_refusal(call_id: str, expires_at: str) -> str:
+    return f"Tool call {call_id} expired at {expires_at}: it was not run."
 
 
 def _tool_error(call: ToolCall, why: str) -> ToolResult:
@@ -535,6 +771,30 @@ def _delegation(arguments: str) -> tuple[str, list[str] | None]:
     ):
         raise ValueError("tools must be a list of tool names")
     return task, tools
+
+
+def _usage_attributes(usage: Usage) -> dict[str, int | float]:
+    """A turn's usage on its span: GenAI's token attributes, and ours for the rest."""
+    attributes: dict[str, int | float] = {
+        "gen_ai.usage.input_tokens": usage.input_tokens,
+        "gen_ai.usage.output_tokens": usage.output_tokens,
+        "agent.usage.model_calls": usage.model_calls,
+    }
+    if usage.cost_usd is not None:
+        attributes["agent.usage.cost_usd"] = usage.cost_usd
+    return attributes
+
+
+def _program_source(arguments: str) -> str:
+    """The source of a `run_program` call, or a ValueError the model reads."""
+    try:
+        given = json.loads(arguments or "{}")
+    except json.JSONDecodeError as err:
+        raise ValueError(f"the arguments are not valid JSON ({err.msg})") from None
+    source = given.get("source") if isinstance(given, dict) else None
+    if not isinstance(source, str) or not source.strip():
+        raise ValueError('the arguments must be {"source": "the program"}')
+    return source
 
 
 def _observation(result: ToolResult) -> str:

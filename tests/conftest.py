@@ -26,6 +26,7 @@ from openai_server import OpenAIServer
 
 from activities import AgentActivities
 from contract import PendingApproval, SessionInput, ToolDecision
+from deployment import deployment_config, make_current_if_first
 from dev_server import DEV_SERVER_ARGS, start_dev_server, temporal_binary
 from llm_client import LlmSettings
 from worker import WorkerProcess, build_worker, connect
@@ -44,8 +45,14 @@ async def temporal() -> AsyncIterator[WorkflowEnvironment]:
 async def client(temporal: WorkflowEnvironment) -> Client:
     """A client connected as the product connects (`worker.connect`): with the same data
     converter, so the suite runs encrypted when ENCRYPTION_KEYS is set. `temporal.client`
-    is the server's own, with the SDK's default converter."""
-    return await connect(temporal.client.service_client.config.target_host)
+    is the server's own, with the SDK's default converter.
+
+    The suite's in-process workers share one deployment version (deployment.py), made
+    current here as the first worker of a deployment makes its own.
+    """
+    client = await connect(temporal.client.service_client.config.target_host)
+    await make_current_if_first(client, deployment_config())
+    return client
 
 
 @pytest.fixture

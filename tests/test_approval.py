@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -96,11 +97,43 @@ async def test_a_call_without_a_decision_expires_after_the_workers_timeout(
         assert await turn == "I did not run save_note. Not run: no decision within 1 s."
         with pytest.raises(WorkflowUpdateFailedError) as late:
             await decide(handle, waiting.call_id, approved=True)
-        assert "already been decided" in str(late.value.cause)
+        assert f"Tool call {waiting.call_id} expired at {waiting.expires_at}" in str(
+            late.value.cause
+        )
 
     assert saved_notes(notes_file) == []
     kinds = [e.event_type for e in await history_events(handle)]
     assert EventType.EVENT_TYPE_TIMER_FIRED in kinds  # the expiry is a durable timer
+
+
+async def test_a_decision_that_reaches_a_restarted_worker_after_the_expiry_is_refused(
+    client: Client, task_queue: str, notes_file: Path
+):
+    # The decision and the expiry's timer arrive in the same workflow task: the decision
+    # must not win, the call must not run.
+    activities = AgentActivities(
+        LlmSettings(), notes_file, approvals=ApprovalPolicy(frozenset({"save_note"}), 2)
+    )
+    async with build_worker(client, task_queue, activities, max_cached_workflows=0):
+        handle = await start_session(client, task_queue)
+        turn = asyncio.create_task(say(handle, "note: too late"))
+        [waiting] = await approvals_waiting(handle)
+    assert waiting.expires_at is not None
+    expires_at = datetime.fromisoformat(waiting.expires_at)
+    await until(lambda: datetime.now(timezone.utc) > expires_at + timedelta(seconds=0.5))
+    late = asyncio.create_task(decide(handle, waiting.call_id, approved=True))
+    await asyncio.sleep(0.5)  # the decision waits on the server for a worker
+    assert not late.done()
+
+    async with build_worker(client, task_queue, activities, max_cached_workflows=0):
+        reply = await turn
+        with pytest.raises(WorkflowUpdateFailedError) as refused:
+            await late
+
+    assert reply == "I did not run save_note. Not run: no decision within 2 s."
+    assert saved_notes(notes_file) == []
+    assert f"Tool call {waiting.call_id} expired" in str(refused.value.cause)
+    assert await scheduled_activities(handle) == ["plan_next_action", "plan_next_action"]
 
 
 async def test_a_second_decision_and_an_unknown_call_are_rejected_before_history(

@@ -42,6 +42,8 @@ def test_quick_benchmark_runs_every_section_and_writes_its_numbers(tmp_path: Pat
     table2 = results["sections"]["table2"]["modes"]
     assert table2["durable, scripted model"]["plain"]["n"] == 3
     assert table2["durable, scripted model"]["tool"]["n"] == 3
+    tokens = results["sections"]["table2"]["tokens_per_turn"]["durable, scripted model"]
+    assert tokens["tool"] > tokens["plain"] > 0  # two model calls against one
     assert table2["in-memory, scripted model"]["plain"]["p50"] > 0
     assert table2["durable, scripted model, streamed"]["plain"]["n"] == 3
     floor = "bare Temporal: update + 1 / 3 no-op activities (the floor)"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from conftest import chat_client
@@ -128,3 +129,37 @@ async def test_embedded_script_says_a_waiting_call_cannot_be_approved_after_it_e
     assert result.returncode == EXIT_AWAITING_APPROVAL
     assert "cannot be approved later" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+async def test_budget_and_usage_flags_stop_a_turn_say_what_it_used_and_lift_the_limit(
+    client: Client, task_queue: str, worker: object
+):
+    where = ["--address", client.service_client.config.target_host, "--task-queue", task_queue]
+    session = ["--session", f"cli-{task_queue}"]
+
+    limited = await chat_client(*where, *session, "--budget", "calls=1,cost=0.5")
+    stopped = await chat_client(*where, *session, "--usage", "--message", "What is 25 * 4?")
+    nonsense = await chat_client(*where, *session, "--budget", "calls=-1")
+    lifted = await chat_client(
+        *where, *session, "--budget", "calls=none", "--usage", "--message", "What is 25 * 4?"
+    )
+    ended = await chat_client(*where, *session, "--end")
+
+    assert limited.returncode == 0, limited.stderr
+    assert f"Budget of session cli-{task_queue}: calls 1, tokens none, cost 0.5" in limited.stderr
+    assert stopped.stdout.startswith(
+        "I stopped before the next model call: this conversation has reached its budget of "
+        "1 model call (used: 1). To go on, raise the limit"
+    )
+    assert re.search(
+        r"\(usage, this turn: 1 model call, \d+ tokens in \(0 cached\), \d+ out, \$0\)",
+        stopped.stderr,
+    )
+    assert nonsense.returncode == 1
+    assert nonsense.stderr.endswith(
+        "error: The model_calls limit must be a whole number, 0 or more (got -1).\n"
+    )
+    assert lifted.stdout == "25 * 4 = 100\n"
+    assert "calls none, tokens none, cost 0.5" in lifted.stderr
+    assert "(usage, this turn: 2 model calls, " in lifted.stderr
+    assert "(usage, the conversation: 3 model calls, " in ended.stderr

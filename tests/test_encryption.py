@@ -374,3 +374,82 @@ async def test_the_codec_server_with_a_token_refuses_a_request_without_it():
 
     assert (missing.status, wrong.status) == (401, 401)
     assert right.status == 200 and list(decoded.payloads) == [secret_payload()]
+
+
+PATHS = ("/decode", "/encode")
+NULL_PAYLOAD = '{"metadata": {"encoding": "YmluYXJ5L251bGw="}}'  # binary/null: no data at all
+ENCRYPTED_WITHOUT_DATA = (
+    '{"metadata": {"encoding": "YmluYXJ5L2VuY3J5cHRlZA==", "encryption-key-id": "b2xk"}}'
+)
+
+
+@pytest.mark.parametrize(
+    ("sent", "reason"),
+    [
+        (b'{"payloads": [], "x": "\xff"}', "the body is not UTF-8: invalid byte at offset 23"),
+        (b'{"payloads": [', "the body is not JSON: Expecting value: line 1 column 15"),
+        (b"[" * 100_000, "the body is not JSON this server reads: nested too deeply"),
+        (b'{"payloads": ' + b"1" * 5000 + b"}", "the body is not JSON this server reads"),
+        (b"[]", 'expected a JSON object {"payloads": [...]}, got a list'),
+        (b'"payloads"', 'expected a JSON object {"payloads": [...]}, got a text'),
+        (b'{"payloads": 5}', "payloads must be a list, got a number"),
+        (b'{"payloads": [{}, "x"]}', "payloads[1] must be an object, got a text"),
+        (b'{"payloads": [{"data": "not base64!"}]}', "payloads[0].data is not valid base64"),
+        (b'{"payloads": [{"metadata": []}]}', "payloads[0].metadata must be an object"),
+        (
+            b'{"payloads": [{"metadata": {"encoding": 5}}]}',
+            "payloads[0].metadata['encoding'] must be a base64 text, got a number",
+        ),
+        (b'{"payloads": [{"externalPayloads": 5}]}', "the body is not a Payloads message"),
+        (f'{{"payloads": [{ENCRYPTED_WITHOUT_DATA}]}}'.encode(), "does not decrypt"),
+    ],
+)
+async def test_the_codec_server_answers_a_malformed_body_with_a_400_and_its_reason(
+    sent: bytes, reason: str
+):
+    async with codec_client() as http:
+        answer = await http.post("/decode", data=sent, headers=JSON)
+        text = await answer.text()
+
+    assert answer.status == 400
+    assert reason in text and text.count("\n") == 1, text
+
+
+async def test_the_codec_server_reads_the_empty_values_protobuf_json_leaves_out():
+    empty = [b"{}", b'{"payloads": null}', f'{{"payloads": [{NULL_PAYLOAD}]}}'.encode()]
+
+    async with codec_client() as http:
+        answers = [await http.post(path, data=b, headers=JSON) for b in empty for path in PATHS]
+        texts = [await answer.text() for answer in answers]
+
+    assert [answer.status for answer in answers] == [200] * 6
+    null = PayloadConverter.default.to_payloads([None])[0]
+    assert list(json_format.Parse(texts[4], Payloads()).payloads) == [null]  # decoded: as it was
+
+
+async def test_the_codec_server_refuses_header_bytes_that_are_not_utf8_without_a_traceback():
+    async with codec_server(token=TOKEN) as server:
+        bad_token = await raw_post(server.port, b"Authorization: Bearer \xff\r\n")
+        bad_origin = await raw_post(
+            server.port, b"Origin: http://\xff\r\nAuthorization: Bearer " + TOKEN.encode() + b"\r\n"
+        )
+
+    assert bad_token.startswith(b"HTTP/1.1 401")
+    assert bad_origin.startswith(b"HTTP/1.1 403")
+
+
+async def raw_post(port: int, headers: bytes) -> bytes:
+    """POST an empty decode request with headers as raw bytes, which aiohttp's client
+    would encode; return the status line."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    sent = b'{"payloads": []}'
+    writer.write(
+        b"POST /decode HTTP/1.1\r\nHost: codec\r\nContent-Type: application/json\r\n"
+        + headers
+        + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(sent)
+        + sent
+    )
+    status = await reader.readline()
+    writer.close()
+    await writer.wait_closed()
+    return status

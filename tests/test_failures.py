@@ -3,7 +3,9 @@ reads a message, and the conversation survives. Each test names who handles the 
 
 from __future__ import annotations
 
+import asyncio
 import json
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,9 @@ import litellm
 import pytest
 from conftest import AsksForTools, history_events, registered, say, start_session
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.client import Client, WorkflowFailureError, WorkflowUpdateFailedError
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import WorkflowEnvironment
 
 from activities import AgentActivities, Faults
 from llm_client import LlmSettings
@@ -77,6 +81,83 @@ async def test_permanent_provider_error_fails_the_turn_with_the_fix_and_the_chat
         transcript = await handle.query(DurableAgentWorkflow.conversation)
     # The failed turn was rolled back: the model never sees a question without an answer.
     assert [m.content for m in transcript.messages if m.role == "user"] == ["What is 25 * 4?"]
+
+
+# What a client that is not ours may start a conversation with (as JSON, through the SDK's
+# default converter), and the reason the workflow fails with.
+MALFORMED_INPUTS = [
+    ([{"tools": 5}], "tools: Input should be a valid list"),
+    (["a string"], "the input: Input should be a dictionary or an instance of SessionInput"),
+    ([{"messages": [{"role": "user"}]}], "messages.0.content: Field required"),
+    ([None], "expected an object, got no input (or null); send {} for the defaults"),
+    ([], "expected an object, got no input (or null)"),
+    ([{"max_model_steps_per_turn": -1}], "max_model_steps_per_turn must be at least 1, not -1"),
+    ([{"continue_as_new_after_bytes": 0}], "continue_as_new_after_bytes must be at least 1"),
+    ([{"depth": -1}], "depth must be at least 0, not -1"),
+    ([{"subagent_timeout_s": 0}], "subagent_timeout_s must be a positive number of seconds"),
+    ([{"task": " "}], "task must not be empty"),
+    ([{"budget": {"tokens": -5}}], "budget: The tokens limit must be a whole number, 0 or more"),
+    (
+        [{"messages": [{"role": "system", "content": "obey"}]}],
+        "messages[0].role must be one of user, assistant, tool, not 'system'",
+    ),
+]
+
+
+async def test_a_conversation_started_with_malformed_input_fails_at_once_with_the_reason(
+    temporal: WorkflowEnvironment, client: Client, task_queue: str, worker: object
+):
+    foreign = temporal.client  # the SDK's default converter: plain JSON
+    handles = [
+        await foreign.start_workflow(
+            "DurableAgentWorkflow", args=args, id=f"foreign-{uuid.uuid4()}", task_queue=task_queue
+        )
+        for args, _ in MALFORMED_INPUTS
+    ]
+
+    for handle, (_, reason) in zip(handles, MALFORMED_INPUTS, strict=True):
+        with pytest.raises(WorkflowFailureError) as failed:
+            await asyncio.wait_for(client.get_workflow_handle(handle.id).result(), 10)
+        cause = failed.value.cause
+        assert isinstance(cause, ApplicationError) and cause.type == "InvalidSessionInput"
+        assert cause.message.startswith("Invalid SessionInput: ") and reason in cause.message
+        kinds = [e.event_type for e in await history_events(handle)]
+        assert EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED not in kinds  # failed, not retried
+
+
+async def test_a_conversation_started_by_another_client_with_valid_json_works(
+    temporal: WorkflowEnvironment, client: Client, task_queue: str, worker: object
+):
+    started = await temporal.client.start_workflow(
+        "DurableAgentWorkflow",
+        {"tools": ["calculator"], "max_model_steps_per_turn": 3},
+        id=f"foreign-{uuid.uuid4()}",
+        task_queue=task_queue,
+    )
+
+    assert await say(client.get_workflow_handle(started.id), "What is 2 + 2?") == "2 + 2 = 4"
+
+
+async def test_malformed_updates_from_another_client_are_refused_and_the_chat_goes_on(
+    temporal: WorkflowEnvironment, client: Client, task_queue: str, worker: object
+):
+    started = await temporal.client.start_workflow(
+        "DurableAgentWorkflow", {}, id=f"foreign-{uuid.uuid4()}", task_queue=task_queue
+    )
+    handle = client.get_workflow_handle(started.id)  # reads failures even when encrypted
+    refusals = []
+    malformed = [("send_message", 5), ("send_message", None), ("decide_tool_call", None)]
+    for update, argument in malformed:
+        with pytest.raises(WorkflowUpdateFailedError) as refused:
+            await handle.execute_update(update, argument)
+        refusals.append(str(refused.value.cause))
+
+    assert refusals == [
+        "ValueError: The message must be a text, not int.",
+        "ValueError: The message must be a text, not NoneType.",
+        'ValueError: A decision is {"call_id": ..., "approved": ..., "reason": ...}.',
+    ]
+    assert await say(handle, "What is 2 + 2?") == "2 + 2 = 4"
 
 
 def test_fault_switches_reject_unknown_or_malformed_values():

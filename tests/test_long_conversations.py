@@ -12,8 +12,8 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle
 from temporalio.worker import Replayer
 
-from activities import MAX_TOOL_RESULT_CHARS, AgentActivities, truncated
-from contract import SessionInput
+from activities import AgentActivities
+from contract import MAX_TOOL_RESULT_CHARS, SessionInput, truncated
 from llm_client import LlmSettings, oldest_turns_over_budget
 from toolbox import ApprovalPolicy
 from worker import build_worker

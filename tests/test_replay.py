@@ -37,7 +37,12 @@ async def test_fresh_conversation_with_every_kind_of_turn_replays(
     await say(session, "What is 2 + 2 and 3 * 3?")
     await say(session, "delegate: What is 6 * 7?; delegate: delegate: What is 1 + 1?")
     await say(session, "hello")
-    for text, approved in [("note: replay me", True), ("note: not me", False)]:
+    await say(session, "weather in Oslo, Rome and Paris")  # a program, its calls in parallel
+    for text, approved in [
+        ("note: replay me", True),
+        ("note: not me", False),
+        ('program: save_note(text="from a program")', True),
+    ]:
         turn = asyncio.create_task(say(session, text))
         [waiting] = await approvals_waiting(session)
         await decide(session, waiting.call_id, approved)

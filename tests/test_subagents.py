@@ -319,9 +319,10 @@ async def test_a_subagent_gets_only_tools_its_parent_has_and_it_was_given(
         weather, arithmetic = await handle.query(DurableAgentWorkflow.subagents)
 
     assert DELEGATOR.offered == {
-        "split it": ["calculator", "weather", "delegate", "end_chat"],
-        "What is the weather in Oslo?": ["weather", "end_chat"],  # not save_note, not delegate
-        "What is 2 + 2?": ["weather", "end_chat"],
+        "split it": ["calculator", "weather", "delegate", "run_program", "end_chat"],
+        # Not save_note, not delegate.
+        "What is the weather in Oslo?": ["weather", "run_program", "end_chat"],
+        "What is 2 + 2?": ["weather", "run_program", "end_chat"],
     }
     # The scripted model asks for the calculator anyway; the subagent does not run it.
     refused = "The calculator tool failed. Error: calculator is not one of this agent's tools"

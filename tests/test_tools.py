@@ -14,12 +14,12 @@ import pytest
 from pydantic import Field
 from temporalio.testing import ActivityEnvironment
 
-from activities import MAX_TOOL_RESULT_CHARS, AgentActivities, truncated
-from contract import ToolCall
+from activities import AgentActivities
+from contract import MAX_TOOL_RESULT_CHARS, ToolCall, truncated
 from function_tools import function_tool, module_tools, tool
 from llm_client import LlmSettings
 from toolbox import ToolError, toolset
-from tools import calculate, demo_weather, registry
+from tools import NoteBook, calculate, demo_weather, registry
 
 
 @pytest.mark.parametrize(
@@ -55,6 +55,14 @@ def test_calculator_evaluates_arithmetic(expression: str, result: str):
         ("1 +", "not an arithmetic expression"),
         ("1" * 201, "longer than 200"),
         ("True + 1", "only numbers"),
+        ("1e999", "a number in the expression is too large"),
+        ("-1e999", "a number in the expression is too large"),
+        ("1e309 - 1e309", "a number in the expression is too large"),
+        ("1" * 150, "a number in the expression has more than 100 digits"),
+        ("-" + "9" * 120 + " + 1", "a number in the expression has more than 100 digits"),
+        ("0x" + "f" * 90, "a number in the expression has more than 100 digits"),
+        ("0.5 ** -2000", "too large"),
+        ("10 ** 99 / 1e-300", "too large"),
     ],
 )
 def test_calculator_refuses_unsafe_or_huge_input_quickly(expression: str, complaint: str):
@@ -94,6 +102,33 @@ async def test_save_note_is_written_once_when_the_same_activity_runs_twice(tmp_p
     notes = [json.loads(line) for line in notes_file.read_text().splitlines()]
     assert [note["text"] for note in notes] == ["buy milk", "buy milk"]  # activities 7 and 9
     assert notes[0]["session"] == "chat-1"
+
+
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\u0085"])
+def test_a_note_with_a_unicode_line_separator_is_written_once_when_retried(
+    tmp_path: Path, separator: str
+):
+    notebook = NoteBook(tmp_path / "notes.jsonl")
+    text = f"line one{separator}line two"
+
+    _activity_environment("7").run(notebook.save, text)
+    _activity_environment("7").run(notebook.save, text)
+
+    records = notebook.path.read_text(encoding="utf-8").split("\n")
+    assert [json.loads(record)["text"] for record in records if record] == [text]
+
+
+def test_a_note_after_a_line_torn_by_a_crash_is_a_record_of_its_own(tmp_path: Path):
+    notebook = NoteBook(tmp_path / "notes.jsonl")
+    torn = '{"key": "chat-1/run-1/3", "session": "chat-1", "te'
+    notebook.path.write_text(torn)
+
+    _activity_environment("7").run(notebook.save, "buy milk")
+    _activity_environment("7").run(notebook.save, "buy milk")  # the retry finds it
+
+    lines = notebook.path.read_text().split("\n")
+    assert lines[0] == torn and lines[2:] == [""]
+    assert json.loads(lines[1])["text"] == "buy milk"
 
 
 # --- Typed functions as tools (function_tools.py) ------------------------------------------

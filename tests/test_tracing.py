@@ -161,9 +161,40 @@ async def test_a_tool_turn_is_one_tree_from_the_update_to_each_model_call(
     ]
     assert all(call.attributes["gen_ai.request.model"] == LlmSettings().model for call in calls)
     assert all(call.attributes["temporal.activity.attempt"] == 1 for call in calls)
+    # The scripted model reports no usage: LiteLLM counts it; the turn adds its calls up.
+    for kind in ("input", "output"):
+        counts = [call.attributes[f"gen_ai.usage.{kind}_tokens"] for call in calls]
+        assert all(count > 0 for count in counts)
+        assert turn.attributes[f"gen_ai.usage.{kind}_tokens"] == sum(counts)
+    assert turn.attributes["agent.usage.model_calls"] == 2
+    assert turn.attributes["agent.usage.cost_usd"] == 0.0
     assert tool.attributes["gen_ai.tool.name"] == "calculator"
     assert tool.attributes["agent.tool.outcome"] == "ok"
     assert turn.start_time < tool.start_time < tool.end_time < turn.end_time  # real durations
+
+
+async def test_the_calls_of_a_program_are_under_its_span_in_the_turn_s_tree(
+    traced: Client, task_queue: str, notes_file: Path, exporter: InMemorySpanExporter
+):
+    async with traced_worker(traced, task_queue, AgentActivities(LlmSettings(), notes_file)):
+        handle = await start_session(traced, task_queue)
+        await say(handle, "What is the weather in Oslo, Rome and Paris?")
+        await say(handle, "program: 1 / 0")
+
+    spans = spans_of(exporter, handle)
+    print_tree(spans)
+    ran, stopped = named(spans, "agent.program")
+    tools = named(spans, "RunActivity:execute_tool")
+    turn_lineage = ["agent.turn", "HandleUpdate:send_message", "StartWorkflowUpdate:send_message"]
+    assert lineage(ran, spans) == lineage(stopped, spans) == turn_lineage
+    assert [lineage(tool, spans) for tool in tools] == [
+        ["StartActivity:execute_tool", "agent.program", *turn_lineage]
+    ] * 3
+    assert ran.attributes["gen_ai.tool.call.id"] == "call_2_0"
+    assert (ran.status.status_code, stopped.status.status_code) == (
+        StatusCode.UNSET,
+        StatusCode.ERROR,
+    )
 
 
 async def test_a_retried_model_call_shows_as_a_second_attempt_under_the_same_step(
