@@ -5,15 +5,17 @@ notes file, the clock) happens here, inside an activity, where Temporal records 
 result, applies the timeouts and retry policies set in `workflow.py`, and never runs it
 again once its completion is in the history.
 
-Failure classification, in one place:
+Failure classification, in one place (an MCP server's own: `mcp_tools.py`):
 
 | failure                                        | who sees it | how                           |
 |------------------------------------------------|-------------|-------------------------------|
 | bad or missing tool arguments, unknown tool,   | the model   | ToolResult(is_error=True);    |
-| arguments that are not JSON, calculator error  |             | never retried                 |
-| provider rate limit, timeout, 5xx, connection  | Temporal    | retryable ApplicationError,   |
-|                                                |             | backoff from PLAN_OPTIONS;    |
-|                                                |             | with LLM_FALLBACK_MODELS, a   |
+| arguments that are not JSON, a ToolError (a    |             | never retried                 |
+| calculator error, an MCP `isError` result)     |             |                               |
+| provider rate limit, timeout, 5xx, connection; | Temporal    | retryable ApplicationError,   |
+| an MCP server that cannot be reached           |             | backoff from PLAN_OPTIONS or  |
+|                                                |             | TOOL_OPTIONS; with            |
+|                                                |             | LLM_FALLBACK_MODELS, a model  |
 |                                                |             | fallback from attempt 3 on    |
 | provider auth, bad request, context too long,  | the user    | non-retryable ApplicationError|
 | unknown model                                  |             | naming cause and fix; the     |
@@ -29,20 +31,18 @@ import dataclasses
 import json
 import os
 import random
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-import jsonschema
 from opentelemetry import trace
 from temporalio import activity
 from temporalio.contrib.workflow_streams import WorkflowStreamClient
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 import llm_client
-import tools
 from contract import (
     Plan,
     PlanRequest,
@@ -54,6 +54,8 @@ from contract import (
     truncated,
 )
 from llm_client import FALLBACK_AFTER_ATTEMPTS, LlmSettings, env_number
+from toolbox import ApprovalPolicy, Tool, ToolError, describe_tools
+from tools import registry
 
 HEARTBEAT_EVERY_S = 1.0
 DELTA_BATCH = timedelta(milliseconds=100)
@@ -136,18 +138,20 @@ class AgentActivities:
         llm: LlmSettings,
         notes_file: Path,
         faults: Faults | None = None,
-        approvals: tools.ApprovalPolicy | None = None,
+        approvals: ApprovalPolicy | None = None,
         *,
+        tools: Mapping[str, Tool] | None = None,
         trace_content: bool = False,
     ) -> None:
-        """`trace_content`: message text, tool arguments and results go into the spans too
+        """`tools`: what the model is offered, by name (default: the built-in ones).
+        `trace_content`: message text, tool arguments and results go into the spans too
         (OTEL_INCLUDE_CONTENT=1); otherwise spans carry names, counts and outcomes only."""
         self._llm = llm
         self._trace_content = trace_content
         self._faults = faults or Faults()
         self._notes_file = notes_file
-        self._tools = tools.registry(notes_file)
-        self._approvals = approvals or tools.ApprovalPolicy.declared(self._tools)
+        self._tools = dict(tools) if tools is not None else registry(notes_file)
+        self._approvals = approvals or ApprovalPolicy.declared(self._tools)
 
     def describe(self) -> str:
         """What this worker will do, for its start banner."""
@@ -162,7 +166,8 @@ class AgentActivities:
                 f"Fallback models: {', '.join(fallbacks)} (after {FALLBACK_AFTER_ATTEMPTS} "
                 "failed attempts of the model before, in turn)"
             )
-        lines += [f"Notes file: {self._notes_file}", self._approvals.describe()]
+        lines.append(f"Notes file: {self._notes_file}")
+        lines += [*describe_tools(self._tools), self._approvals.describe()]
         switches = self._faults.describe()
         lines += [f"Fault switch on: {line}" for line in switches] or ["Fault switches: none"]
         if self._trace_content:
@@ -269,9 +274,10 @@ class AgentActivities:
             span.set_attribute("gen_ai.tool.call.arguments", call.arguments)
         await self._faults.before_tool_call()
         try:
-            result = ToolResult(call.id, call.name, truncated(self._run_tool(call)))
-        except tools.ToolError as err:
-            result = ToolResult(call.id, call.name, truncated(str(err)), is_error=True)
+            content = await _heartbeating(self._run_tool(call))
+            result = ToolResult(call.id, call.name, truncated(content))
+        except ToolError as err:
+            result = ToolResult(call.id, call.name, truncated(str(err), error=True), is_error=True)
         outcome = "error" if result.is_error else "ok"
         activity.logger.info("execute_tool %s -> %s", call.name, outcome)
         span.set_attribute("agent.tool.outcome", outcome)
@@ -279,23 +285,19 @@ class AgentActivities:
             span.set_attribute("gen_ai.tool.call.result", result.content)
         return result
 
-    def _run_tool(self, call: ToolCall) -> str:
+    async def _run_tool(self, call: ToolCall) -> str:
         tool = self._tools.get(call.name)
         if tool is None:
-            raise tools.ToolError(
+            raise ToolError(
                 f"unknown tool '{call.name}'; available tools: {', '.join(self._tools)}"
             )
         try:
             arguments = json.loads(call.arguments or "{}")
         except json.JSONDecodeError as err:
-            raise tools.ToolError(
+            raise ToolError(
                 f"the arguments are not valid JSON ({err.msg}): {call.arguments[:200]}"
             ) from err
-        if problem := jsonschema.exceptions.best_match(
-            jsonschema.Draft202012Validator(tool.parameters).iter_errors(arguments)
-        ):
-            raise tools.ToolError(f"invalid arguments for {tool.name}: {problem.message}")
-        return tool.run(**arguments)
+        return await tool.call(arguments)  # It checks them against its schema first.
 
 
 def _inject(what: str) -> None:

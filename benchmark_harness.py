@@ -37,9 +37,11 @@ from workflow import DurableAgentWorkflow
 TURN_TIMEOUT_S = 60  # a turn that takes longer is a failure, not a hung benchmark
 SHORT_CONVERSATION_TURNS = 10
 
-# Workers started here run the scripted model with no fault switch and no traces, whatever
-# .env says (a Table 2 row turns traces on for its own worker).
+# Workers started here run the scripted model with no fault switch, no traces and only
+# the built-in tools, whatever .env says (a Table 2 row turns each on for its own worker).
 SCRIPTED_WORKER_ENV = {
+    "TOOL_MODULES": "",
+    "MCP_CONFIG": "",
     "OTEL_TRACES_EXPORTER": "none",
     "LLM_MODEL": "",
     "LLM_FALLBACK_MODELS": "",

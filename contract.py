@@ -34,11 +34,19 @@ MAX_TOOL_RESULT_CHARS = 8_000
 """Longest tool result the model sees; `truncated` cuts longer ones, with a marker."""
 
 
-def truncated(text: str) -> str:
-    """Cap a tool result, with a marker, so one huge result cannot flood the context."""
+def truncated(text: str, *, error: bool = False) -> str:
+    """Cap a tool result, with a marker, so one huge result cannot flood the context.
+
+    An error keeps both ends: its reason may come last ("... is too long"), after the
+    input it quotes.
+    """
     if len(text) <= MAX_TOOL_RESULT_CHARS:
         return text
     hidden = len(text) - MAX_TOOL_RESULT_CHARS
+    if error:
+        head = MAX_TOOL_RESULT_CHARS // 2
+        tail = text[-(MAX_TOOL_RESULT_CHARS - head) :]
+        return f"{text[:head]}\n[{hidden} characters cut]\n{tail}"
     return f"{text[:MAX_TOOL_RESULT_CHARS]}\n[truncated: {hidden} more characters not shown]"
 
 

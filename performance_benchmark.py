@@ -15,7 +15,8 @@ machine is a finding, not a failure.
 
 Sections:
   table2      the paper's Table 2: a loop with no durability against the durable loop,
-              and the durable loop with traces on, and with encryption on
+              and the durable loop with traces on, with encryption on, and a tool
+              called through an MCP server against a built-in one
   pacing      back-to-back turns against turns with think time, on two server settings
   growth      latency and history size at turns 1, 100 and 1 000 of one conversation
   recovery    the worker SIGKILLed after 10, 100, 1 000 turns: time to the next reply
@@ -76,6 +77,13 @@ FILLER = "The quick brown fox jumps over the lazy dog while the agent keeps its 
 DURABLE = "durable, scripted model"
 TRACES_ON = f"{DURABLE}, traces on"
 ENCRYPTION_ON = f"{DURABLE}, encryption on"
+MCP_ON = f"{DURABLE}, MCP stdio server"
+# The same tool turn, the calculator built in and served by demo_mcp_server.py over stdio,
+# both through one worker: the difference is the MCP hop.
+MCP_TURNS = {
+    "built-in tool": 'use calculator {"expression": "25 * 4"}',
+    "MCP tool": 'use demo__calculate {"expression": "25 * 4"}',
+}
 BENCHMARK_KEY = new_key("benchmark")  # a fresh one each run
 
 
@@ -203,6 +211,23 @@ async def table2(lab: Lab, s: Settings, report: Report) -> dict[str, Any]:
                 stream=stream,
             )
             rows.append(Row(mode, kind, n, run, stream))
+    mcp_env = mcp_worker_env(lab.workdir)
+    if mcp_queue := await lab.worker(**mcp_env):
+        mcp_client = await lab.client(**mcp_env)
+        for kind, text in MCP_TURNS.items():
+            run = functools.partial(
+                short_conversations,
+                report,
+                "table2",
+                mcp_client,
+                mcp_queue,
+                text=text,
+                expect="100",
+                think_s=think_s,
+            )
+            rows.append(Row(MCP_ON, kind, s.iterations, run))
+    else:
+        notes.append(f"{MCP_ON}: skipped, an external worker runs only its own settings.")
     # Round by round, one short conversation of every row in each: this machine drifts by
     # several ms over minutes, and rows that are compared (the excess, the switches, the
     # stream's cost) then share the drift instead of each meeting its own.
@@ -254,6 +279,10 @@ async def table2(lab: Lab, s: Settings, report: Report) -> dict[str, Any]:
                 "percent_of_simulated_model_time": 100 * (total - base) / model_ms,
             }
     switch_costs = costs_against_durable(stats)
+    mcp_hop = {}
+    if MCP_ON in stats:
+        builtin, served = (stats[MCP_ON][kind].p50 for kind in MCP_TURNS)
+        mcp_hop = {"built_in_p50_ms": builtin, "mcp_p50_ms": served, "hop_ms": served - builtin}
     report.print(
         "## 1. Table 2: per-turn latency (ms)",
         f"Turns paced {s.think_ms} ms apart, in fresh conversations of "
@@ -352,8 +381,22 @@ async def table2(lab: Lab, s: Settings, report: Report) -> dict[str, Any]:
                 for kind, c in row.items()
             ],
         ),
+        "MCP: one tool turn (model -> tool -> model), the tool the calculator, built in or "
+        "served by demo_mcp_server.py over stdio, both through one worker with MCP_CONFIG set "
+        "(docs/tools.md); the MCP hop is the difference (p50, ms):",
+        markdown_table(
+            ["built-in tool", "MCP tool", "MCP hop ms"],
+            [one_decimal(*mcp_hop.values())] if mcp_hop else [],
+        ),
         *notes,
     )
+    if mcp_hop:
+        report.goal(
+            "MCP hop: an MCP stdio tool call against a built-in one, p50",
+            "<= 5 ms per call",
+            f"{mcp_hop['hop_ms']:+.1f} ms",
+            mcp_hop["hop_ms"] <= 5,
+        )
     for kind, e in excess.items():
         share = e["excess_share_of_floor"]
         report.goal(
@@ -379,6 +422,7 @@ async def table2(lab: Lab, s: Settings, report: Report) -> dict[str, Any]:
         "in_memory_cpu_ms_per_turn": in_memory_cpu_ms,
         "tokens_per_turn": tokens_per_turn,
         "switched_on": switch_costs,
+        "mcp_hop": mcp_hop,
         "first_text": {
             m: {k: dataclasses.asdict(v) for k, v in row.items()} for m, row in first_text.items()
         },
@@ -760,6 +804,17 @@ def switched_on() -> dict[str, dict[str, str]]:
     return rows
 
 
+def mcp_worker_env(workdir: Path) -> dict[str, str]:
+    """The settings of the MCP row's worker: demo_mcp_server.py over stdio, as `demo`."""
+    config = workdir / "mcp.json"
+    server = {
+        "command": sys.executable,
+        "args": [str(Path(__file__).with_name("demo_mcp_server.py"))],
+    }
+    config.write_text(json.dumps({"mcpServers": {"demo": server}}))
+    return {"MCP_CONFIG": str(config)}
+
+
 def costs_against_durable(stats: dict[str, dict[str, Stats]]) -> dict[str, dict[str, Any]]:
     """What each switched-on row adds to the durable row's p50, by kind of turn."""
     durable = stats.get(DURABLE, {})
@@ -780,7 +835,9 @@ def costs_against_durable(stats: dict[str, dict[str, Stats]]) -> dict[str, dict[
 
 
 def workers_needed(sections: Sequence[str], s: Settings) -> list[tuple[str, dict[str, str]]]:
-    """(server, worker settings) of the shared workers that these sections use."""
+    """(server, worker settings) of the shared workers that these sections use. The MCP
+    row's worker starts on its own, when Table 2 first asks for it: each start takes
+    seconds of CPU, and these already share two cores."""
     needed = [("tuned", {})]
     if "table2" in sections:
         needed.append(("tuned", {"SCRIPTED_LATENCY_MS": str(s.simulated_latency_ms)}))

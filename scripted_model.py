@@ -22,6 +22,7 @@ from litellm.types.utils import GenericStreamingChunk
 
 SCRIPTED_MODEL = "scripted/agent"
 
+_USE = re.compile(r"^\s*use\s+(?P<tool>[\w.-]+)\s*(?P<arguments>\{.*\})?\s*$", re.DOTALL)
 _PROGRAM = re.compile(r"^\s*program:(?P<source>.*)$", re.IGNORECASE | re.DOTALL)
 _DELEGATE = re.compile(r"^\s*delegate:\s*(?P<tasks>.+)$", re.IGNORECASE | re.DOTALL)
 _NEXT_TASK = re.compile(r";\s*delegate:\s*", re.IGNORECASE)
@@ -39,7 +40,8 @@ _THEN = re.compile(r"[\s,;.]*\bthen\b[\s,:]*", re.IGNORECASE)
 class ScriptedModel(CustomLLM):
     """A deterministic offline model that speaks the OpenAI tool-calling protocol.
 
-    An arithmetic question calls `calculator`, "weather in <city>" calls `weather`,
+    `use TOOL {"arg": ...}` calls any tool with those arguments (the JSON as written);
+    an arithmetic question calls `calculator`, "weather in <city>" calls `weather`,
     "note: <text>" or "remember <text>" calls `save_note`, "bye" calls `end_chat`,
     "delegate: <task>" calls `delegate` ("delegate: A; delegate: B": two calls at once),
     "program: <source>" calls `run_program` with that source; the weather in more than two
@@ -131,6 +133,8 @@ def scripted_reply(
         return _say(_summarise_tool_results(messages))
     text = str(last.get("content") or "")
     step = len(messages)
+    if use := _USE.match(text):
+        return _call(step, [(use["tool"], use["arguments"] or "{}")])
     if written := _PROGRAM.match(text):
         source = textwrap.dedent(written["source"].lstrip(" ").lstrip("\n"))
         return _call(step, [("run_program", {"source": source})])
@@ -151,7 +155,8 @@ def scripted_reply(
     return _say(
         "I am the scripted offline model. I can do arithmetic ('What is 25 * 4?'), "
         "demo weather ('weather in Paris'), notes ('note: buy milk'), subagents "
-        "('delegate: What is 6 * 7?'), programs ('program: weather(city=\"Oslo\")') "
+        "('delegate: What is 6 * 7?'), programs ('program: weather(city=\"Oslo\")'), "
+        'any tool (\'use weather {"city": "Oslo"}\') '
         "and 'bye'. "
         "Set LLM_MODEL in .env to talk to a real model."
     )
@@ -171,12 +176,16 @@ def _say(text: str) -> dict[str, Any]:
     return {"message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
 
 
-def _call(step: int, calls: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+def _call(step: int, calls: list[tuple[str, dict[str, Any] | str]]) -> dict[str, Any]:
+    """Tool calls with these arguments: a dict, or JSON text passed on as written."""
     tool_calls = [
         {
             "id": f"call_{step}_{index}",
             "type": "function",
-            "function": {"name": name, "arguments": json.dumps(arguments)},
+            "function": {
+                "name": name,
+                "arguments": arguments if isinstance(arguments, str) else json.dumps(arguments),
+            },
         }
         for index, (name, arguments) in enumerate(calls)
     ]

@@ -105,7 +105,10 @@ async def embedded_temporal(task_queue: str) -> AsyncIterator[Client]:
         client = await worker.connect(target)
         version = deployment.deployment_config()
         await deployment.make_current_if_first(client, version)  # on a fresh server, it is
-        async with worker.build_worker(client, task_queue, deployment_config=version):
+        async with (
+            worker.configured_activities() as activities,
+            worker.build_worker(client, task_queue, activities, deployment_config=version),
+        ):
             yield client
 
 

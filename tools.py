@@ -1,14 +1,11 @@
-"""The agent's tools, each with its JSON Schema written once.
+"""The built-in tools: typed functions, each declared with `@tool` (`function_tools.py`).
 
-The schema is sent to the model (the function-calling format LiteLLM takes) and checks
-the model's arguments before the tool runs. `execute_tool` in `activities.py` is the
-only caller: a tool runs inside an activity, never in the workflow.
+Their signatures are their schemas (the limits included), their docstrings' first
+paragraphs what the model reads. `registry` makes the worker's built-in set of them; a
+user adds their own without editing this file (TOOL_MODULES, MCP_CONFIG: docs/tools.md).
 
 A tool raises `ToolError` for a failure the model should see and can correct (a bad
 expression, an empty city). Anything else it raises is a bug, and Temporal retries it.
-
-A tool with side effects declares `needs_approval`: the workflow then waits for a person
-to approve each call before it runs. The worker's `ApprovalPolicy` may override the set.
 """
 
 from __future__ import annotations
@@ -19,12 +16,16 @@ import json
 import math
 import operator
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import Field
 from temporalio import activity
+
+from function_tools import function_tool, tool
+from toolbox import Tool, ToolError, toolset
 
 try:
     import fcntl  # POSIX: serialises note writers from several worker processes.
@@ -34,112 +35,18 @@ except ImportError:  # pragma: no cover - Windows
 MAX_EXPRESSION_CHARS = 200
 MAX_RESULT_DIGITS = 100
 MAX_NOTE_CHARS = 2_000
-
-
-class ToolError(Exception):
-    """An expected tool failure: its message goes back to the model as the tool result."""
-
-
-@dataclass(frozen=True)
-class Tool:
-    name: str
-    description: str
-    parameters: dict[str, Any]
-    run: Callable[..., str]
-    needs_approval: bool = False
-    """Its calls wait for a person's decision, unless the worker's policy says otherwise."""
-
-    def schema(self) -> dict[str, Any]:
-        return {
-            "type": "function",
-            "function": {
-                "name": self.name,
-                "description": self.description,
-                "parameters": self.parameters,
-            },
-        }
+MAX_CITY_CHARS = 100
 
 
 def registry(notes_file: Path) -> dict[str, Tool]:
-    """Every tool the worker offers, by name."""
-    tools = [
-        Tool(
-            "calculator",
-            "Evaluate an arithmetic expression: numbers, + - * / // % ** and parentheses.",
-            _object({"expression": {"type": "string", "maxLength": MAX_EXPRESSION_CHARS}}),
-            calculate,
-        ),
-        Tool(
-            "weather",
-            "DEMO DATA, not a real forecast: made-up but stable weather for a city.",
-            _object({"city": {"type": "string", "minLength": 1, "maxLength": 100}}),
-            demo_weather,
-        ),
-        Tool(
-            "save_note",
-            "Save a note for the user in their notes file.",
-            _object({"text": {"type": "string", "minLength": 1, "maxLength": MAX_NOTE_CHARS}}),
-            NoteBook(notes_file).save,
-            needs_approval=True,  # It writes to the user's file: a person says yes first.
-        ),
-    ]
-    return {tool.name: tool for tool in tools}
-
-
-@dataclass(frozen=True)
-class ApprovalPolicy:
-    """Which tools' calls wait for a person, and for how long: the worker's decision.
-
-    `plan_next_action` stamps it on every tool call it returns, so the decision is in the
-    history and a replay never depends on how a worker is configured today.
-    """
-
-    tools: frozenset[str]
-    timeout_s: float | None = None
-    """How long a call waits for its decision; None: as long as it takes."""
-
-    @classmethod
-    def declared(cls, tools: Mapping[str, Tool]) -> ApprovalPolicy:
-        """Each tool's own `needs_approval`, no expiry."""
-        return cls(frozenset(name for name, tool in tools.items() if tool.needs_approval))
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str], tools: Mapping[str, Tool]) -> ApprovalPolicy:
-        """APPROVAL_REQUIRED_TOOLS (comma-separated; empty: none; unset: each tool's own
-        declaration) and APPROVAL_TIMEOUT_S; ValueError naming the variable if malformed."""
-        names = env.get("APPROVAL_REQUIRED_TOOLS")
-        gated = cls.declared(tools).tools
-        if names is not None:
-            gated = frozenset(name.strip() for name in names.split(",") if name.strip())
-        if unknown := sorted(gated - tools.keys()):
-            raise ValueError(
-                f"APPROVAL_REQUIRED_TOOLS names unknown tools: {', '.join(unknown)}; "
-                f"the tools are {', '.join(tools)}"
-            )
-        timeout = env.get("APPROVAL_TIMEOUT_S", "").strip()
-        try:
-            timeout_s = float(timeout) if timeout else None
-        except ValueError:
-            raise ValueError(f"APPROVAL_TIMEOUT_S={timeout!r} is not a number") from None
-        if timeout_s is not None and not timeout_s > 0:
-            raise ValueError("APPROVAL_TIMEOUT_S must be a positive number of seconds")
-        return cls(gated, timeout_s)
-
-    def describe(self) -> str:
-        """One line for the worker's start banner."""
-        if not self.tools:
-            return "Approval: no tool waits for a person"
-        waits = f"up to {self.timeout_s:g} s" if self.timeout_s else "without a time limit"
-        return f"Approval: calls of {', '.join(sorted(self.tools))} wait for a person, {waits}"
-
-
-def _object(properties: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "type": "object",
-        "properties": properties,
-        "required": list(properties),
-        "additionalProperties": False,
-    }
+    """The built-in tools, by name: calculator, weather, and save_note into `notes_file`."""
+    return toolset(
+        [
+            function_tool(calculate),
+            function_tool(demo_weather),
+            function_tool(NoteBook(notes_file).save),
+        ]
+    )
 
 
 # --- calculator: a small AST walker, so no Python but arithmetic ever runs ------------
@@ -159,8 +66,11 @@ _UNARY: dict[type[ast.unaryop], Callable[[Any], Any]] = {
 }
 
 
-def calculate(expression: str) -> str:
-    """Evaluate arithmetic safely; names, calls, attributes and huge numbers are refused."""
+@tool(name="calculator")
+def calculate(expression: Annotated[str, Field(max_length=MAX_EXPRESSION_CHARS)]) -> str:
+    """Evaluate an arithmetic expression: numbers, + - * / // % ** and parentheses.
+
+    Safely: names, calls, attributes and huge numbers are refused."""
     if len(expression) > MAX_EXPRESSION_CHARS:
         raise ToolError(f"the expression is longer than {MAX_EXPRESSION_CHARS} characters")
     try:
@@ -220,8 +130,11 @@ def _checked(value: Any, what: str = "the result") -> int | float:
 _CONDITIONS = ["sunny", "partly cloudy", "overcast", "light rain", "windy", "snow showers"]
 
 
-def demo_weather(city: str) -> str:
-    """Made-up weather, stable per city, labelled as demo data wherever it shows."""
+@tool(name="weather")
+def demo_weather(city: Annotated[str, Field(min_length=1, max_length=MAX_CITY_CHARS)]) -> str:
+    """DEMO DATA, not a real forecast: made-up but stable weather for a city.
+
+    Stable per city, and labelled as demo data wherever it shows."""
     name = " ".join(city.split()).title()
     if not name:
         raise ToolError("the city name is empty")
@@ -240,7 +153,10 @@ class NoteBook:
 
     path: Path
 
-    def save(self, text: str) -> str:
+    # It writes to the user's file: a person says yes first.
+    @tool(name="save_note", needs_approval=True)
+    def save(self, text: Annotated[str, Field(min_length=1, max_length=MAX_NOTE_CHARS)]) -> str:
+        """Save a note for the user in their notes file."""
         info = activity.info()
         # Activity ids restart in each run after continue-as-new, so the run id is in the key.
         key = f"{info.workflow_id}/{info.workflow_run_id}/{info.activity_id}"

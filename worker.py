@@ -4,8 +4,8 @@ Start as many as you like on one task queue; Temporal spreads the work between t
 and when one dies another picks its tasks up. Everything configurable is read here,
 once, at start: connection (the SDK's environment configuration: TEMPORAL_ADDRESS,
 TEMPORAL_NAMESPACE, TEMPORAL_API_KEY, TLS, profiles), task queue, deployment version
-(deployment.py), model, notes file, which tools wait for approval, fault switches,
-encryption and traces (OTEL_*).
+(deployment.py), model, notes file, the tools (TOOL_MODULES, MCP_CONFIG) and which wait
+for approval, fault switches, encryption and traces (OTEL_*).
 
     uv run worker.py [--address HOST:PORT] [--task-queue NAME]
 """
@@ -21,7 +21,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -106,15 +107,10 @@ def task_queue_name(flag: str | None = None) -> str:
 
 
 def build_worker(
-    client: Client,
-    task_queue: str,
-    activities: AgentActivities | None = None,
-    **options: Any,
+    client: Client, task_queue: str, activities: AgentActivities, **options: Any
 ) -> Worker:
-    """A worker for the agent; `activities` and its deployment version (deployment.py)
-    default to the ones the environment configures."""
-    if activities is None:
-        activities = configured_activities()
+    """A worker for the agent, running these activities (`configured_activities`); its
+    deployment version (deployment.py) defaults to the one the environment configures."""
     options.setdefault("deployment_config", deployment.deployment_config())
     return Worker(
         client,
@@ -127,15 +123,29 @@ def build_worker(
     )
 
 
-def configured_activities() -> AgentActivities:
-    """The activities as the environment configures them. Raises ValueError on bad settings."""
+@asynccontextmanager
+async def configured_activities(
+    env: Mapping[str, str] | None = None,
+) -> AsyncIterator[AgentActivities]:
+    """The activities as the environment (`env`, default this process's) configures them,
+    connected to their MCP servers until the context ends. Raises ValueError on a bad
+    setting, a tool module that cannot be loaded, or an MCP server that cannot start."""
     # Imported here, not at the top: LiteLLM takes seconds to load, and the chat client
-    # imports this module only to connect.
+    # imports this module only to connect. The user's tool modules load first, so one
+    # that cannot stops the worker in a blink.
+    from function_tools import module_tools
+    from toolbox import ApprovalPolicy, toolset
+    from tools import registry
+
+    env = os.environ if env is None else env
+    notes_file = Path(env.get("NOTES_FILE") or DEFAULT_NOTES_FILE)
+    builtin, modules = registry(notes_file).values(), module_tools(env.get("TOOL_MODULES", ""))
+    toolset(builtin, modules)  # A clash stops the worker before any server starts.
+
     from activities import AgentActivities, Faults
     from llm_client import LlmSettings
-    from tools import ApprovalPolicy, registry
 
-    llm = LlmSettings.from_env()
+    llm = LlmSettings.from_env(env)
     for model in llm.models():  # The primary, then each fallback: all checked now.
         if missing := model.missing_keys():
             # The OpenAI client will not send a request without a key, even to a local server.
@@ -145,10 +155,20 @@ def configured_activities() -> AgentActivities:
                 f"{which}{model.model} needs {', '.join(missing)}: add it to .env"
                 + (local if model.api_base else "")
             )
-    notes_file = Path(os.environ.get("NOTES_FILE") or DEFAULT_NOTES_FILE)
-    approvals = ApprovalPolicy.from_env(os.environ, registry(notes_file))
-    content = tracing.include_content(os.environ)
-    return AgentActivities(llm, notes_file, Faults.from_env(), approvals, trace_content=content)
+    faults = Faults.from_env(dict(env))
+    async with AsyncExitStack() as stack:
+        mcp = []
+        if config := env.get("MCP_CONFIG"):
+            # Imported only when asked for: the mcp SDK adds a second to a worker's start.
+            from mcp_tools import connected, servers_in
+
+            mcp = await stack.enter_async_context(connected(servers_in(Path(config))))
+        tools = toolset(builtin, modules, mcp)
+        approvals = ApprovalPolicy.from_env(env, tools)
+        content = tracing.include_content(env)
+        yield AgentActivities(
+            llm, notes_file, faults, approvals, tools=tools, trace_content=content
+        )
 
 
 class WorkerProcess:
@@ -204,38 +224,40 @@ async def main() -> int:
     args = parser.parse_args()
     load_dotenv()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    try:
-        activities = configured_activities()
-        # Warm up before tracing starts: the warm-up's model calls are no conversation's.
-        await activities.warm_up()
-        traces = tracing.setup("durable-agent-worker")  # before connecting: it adds the plugin
-        version = deployment.deployment_config()
-        client = await connect(args.address)
-        versioning = await deployment.make_current_if_first(client, version)
-    except (ValueError, TemporalUnreachable) as err:
-        print(f"worker: {err}", file=sys.stderr)
-        return 2
-    except RPCError as err:  # e.g. a server without Worker Deployment Versioning
-        print(
-            f"worker: cannot declare deployment version {version.version.to_canonical_string()}"
-            f" ({err.message}); TEMPORAL_DEPLOYMENT_NAME= (empty) runs unversioned",
-            file=sys.stderr,
-        )
-        return 2
-    task_queue = task_queue_name(args.task_queue)
-    print(activities.describe(), file=sys.stderr)
-    codec = client.data_converter.payload_codec
-    encryption = codec.describe() if isinstance(codec, EncryptionCodec) else "Encryption: off"
-    print(encryption, file=sys.stderr)
-    print(traces, file=sys.stderr)
-    print(versioning, file=sys.stderr)
+    async with AsyncExitStack() as stack:  # MCP sessions stay open until the worker stops
+        try:
+            activities = await stack.enter_async_context(configured_activities())
+            # Warm up before tracing starts: the warm-up's model calls are no conversation's.
+            await activities.warm_up()
+            traces = tracing.setup("durable-agent-worker")  # before connecting: adds the plugin
+            version = deployment.deployment_config()
+            client = await connect(args.address)
+            versioning = await deployment.make_current_if_first(client, version)
+        except (ValueError, TemporalUnreachable) as err:
+            print(f"worker: {err}", file=sys.stderr)
+            return 2
+        except RPCError as err:  # e.g. a server without Worker Deployment Versioning
+            print(
+                "worker: cannot declare deployment version "
+                f"{version.version.to_canonical_string()} ({err.message}); "
+                "TEMPORAL_DEPLOYMENT_NAME= (empty) runs unversioned",
+                file=sys.stderr,
+            )
+            return 2
+        task_queue = task_queue_name(args.task_queue)
+        print(activities.describe(), file=sys.stderr)
+        codec = client.data_converter.payload_codec
+        encryption = codec.describe() if isinstance(codec, EncryptionCodec) else "Encryption: off"
+        print(encryption, file=sys.stderr)
+        print(traces, file=sys.stderr)
+        print(versioning, file=sys.stderr)
 
-    stop = asyncio.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        asyncio.get_running_loop().add_signal_handler(signum, stop.set)
-    async with build_worker(client, task_queue, activities, deployment_config=version):
-        print(f"Polling task queue '{task_queue}'. Ctrl-C to stop.", file=sys.stderr)
-        await stop.wait()
+        stop = asyncio.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            asyncio.get_running_loop().add_signal_handler(signum, stop.set)
+        async with build_worker(client, task_queue, activities, deployment_config=version):
+            print(f"Polling task queue '{task_queue}'. Ctrl-C to stop.", file=sys.stderr)
+            await stop.wait()
     print("Worker stopped.", file=sys.stderr)
     return 0
 

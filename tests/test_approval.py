@@ -28,7 +28,8 @@ from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from activities import AgentActivities
 from contract import SessionInput
 from llm_client import LlmSettings
-from tools import ApprovalPolicy, registry
+from toolbox import ApprovalPolicy
+from tools import registry
 from worker import build_worker
 from workflow import DurableAgentWorkflow
 
@@ -195,16 +196,24 @@ async def test_ungated_calls_of_the_same_reply_run_while_a_gated_one_waits(
         handle = await start_session(client, task_queue)
         turn = asyncio.create_task(say(handle, "sum and note"))
         [waiting] = await approvals_waiting(handle)
-        completed_while_waiting = [
-            e
-            for e in await history_events(handle)
-            if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED
-        ]
+
+        async def completed() -> list:
+            events = await history_events(handle)
+            done = [
+                e for e in events if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED
+            ]
+            return done if len(done) == 2 else []
+
+        # The calculator's call completes while the note's waits (it runs in a thread:
+        # give it the moment it takes, rather than reading the history once).
+        completed_while_waiting = await until(completed)
+        still_waiting = await handle.query(DurableAgentWorkflow.pending_approvals)
         await decide(handle, waiting.call_id, approved=True)
         reply = await turn
 
     assert waiting.tool == "save_note"
     assert len(completed_while_waiting) == 2  # the plan, and the calculator
+    assert [call.call_id for call in still_waiting] == [waiting.call_id]
     assert reply == "42 | Saved your note: 42"
 
 

@@ -51,6 +51,9 @@ def test_quick_benchmark_runs_every_section_and_writes_its_numbers(tmp_path: Pat
     assert set(results["sections"]["table2"]["excess"]) == {"plain", "tool"}
     for switched_on in ("traces on", "encryption on"):
         assert table2[f"durable, scripted model, {switched_on}"]["tool"]["n"] == 3
+    mcp = table2["durable, scripted model, MCP stdio server"]
+    assert mcp["built-in tool"]["n"] == mcp["MCP tool"]["n"] == 3
+    assert "hop_ms" in results["sections"]["table2"]["mcp_hop"]
     throughput = results["sections"]["throughput"]["results"]
     assert {r["system"] for r in throughput} == {"durable agent", "bare Temporal"}
     assert all(r["worker_cpu_ms_per_turn"] > 0 for r in throughput)

@@ -15,7 +15,7 @@ from temporalio.worker import Replayer
 from activities import AgentActivities
 from contract import MAX_TOOL_RESULT_CHARS, SessionInput, truncated
 from llm_client import LlmSettings, oldest_turns_over_budget
-from tools import ApprovalPolicy
+from toolbox import ApprovalPolicy
 from worker import build_worker
 from workflow import DurableAgentWorkflow
 

@@ -277,7 +277,7 @@ async def test_a_provider_error_is_one_line_in_the_worker_log_not_a_traceback(
 # --- Configuration ---------------------------------------------------------------------
 
 
-def test_a_local_server_needs_a_key_only_where_the_client_insists_on_one(
+async def test_a_local_server_needs_a_key_only_where_the_client_insists_on_one(
     monkeypatch: pytest.MonkeyPatch,
 ):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
@@ -291,7 +291,8 @@ def test_a_local_server_needs_a_key_only_where_the_client_insists_on_one(
     for name, value in {"LLM_MODEL": "openai/my-model", "LLM_API_BASE": "http://x/v1"}.items():
         monkeypatch.setenv(name, value)
     with pytest.raises(ValueError, match=r"needs OPENAI_API_KEY.*OPENAI_API_KEY=unused"):
-        configured_activities()
+        async with configured_activities():
+            pass
 
 
 def test_keys_of_any_shape_are_redacted_from_provider_errors(monkeypatch: pytest.MonkeyPatch):

@@ -1,19 +1,25 @@
-"""The tools on their own: what the model gets back for good and bad input."""
+"""The tools on their own: what the model gets back for good and bad input, and how a
+typed function becomes a tool."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import time
 from pathlib import Path
+from typing import Annotated, Literal
 
 import pytest
+from pydantic import Field
 from temporalio.testing import ActivityEnvironment
 
 from activities import AgentActivities
-from contract import ToolCall
+from contract import MAX_TOOL_RESULT_CHARS, ToolCall, truncated
+from function_tools import function_tool, module_tools, tool
 from llm_client import LlmSettings
-from tools import NoteBook, ToolError, calculate, demo_weather
+from toolbox import ToolError, toolset
+from tools import NoteBook, calculate, demo_weather, registry
 
 
 @pytest.mark.parametrize(
@@ -123,3 +129,125 @@ def test_a_note_after_a_line_torn_by_a_crash_is_a_record_of_its_own(tmp_path: Pa
     lines = notebook.path.read_text().split("\n")
     assert lines[0] == torn and lines[2:] == [""]
     assert json.loads(lines[1])["text"] == "buy milk"
+
+
+# --- Typed functions as tools (function_tools.py) ------------------------------------------
+
+
+@tool(needs_approval=True)
+def book_table(
+    guests: Annotated[int, Field(ge=1, le=12, description="people at the table")],
+    day: Literal["fri", "sat"],
+    note: str = "",
+) -> dict:
+    """Book a table.
+
+    This paragraph is for the reader, not the model."""
+    return {"guests": guests, "day": day, "note": note}
+
+
+async def test_a_typed_function_is_offered_with_the_schema_of_its_signature():
+    booking = function_tool(book_table, source="my_tools")
+
+    assert booking.schema()["function"] == {
+        "name": "book_table",
+        "description": "Book a table.",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "guests": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": 12,
+                    "description": "people at the table",
+                },
+                "day": {"type": "string", "enum": ["fri", "sat"]},
+                "note": {"type": "string", "default": ""},
+            },
+            "required": ["guests", "day"],
+            "additionalProperties": False,
+        },
+    }
+    assert booking.needs_approval and booking.source == "my_tools"
+    assert book_table(2, "fri") == {"guests": 2, "day": "fri", "note": ""}  # still a function
+    # What is not text comes back as JSON.
+    assert await booking.call({"guests": 2, "day": "sat"}) == '{"guests":2,"day":"sat","note":""}'
+
+
+async def test_bad_arguments_go_back_to_the_model_with_their_reason_not_their_value():
+    # Issue 18, item 8: a 7 979-character expression lost "is too long" to the cap.
+    env, activities = _activity_environment("1"), AgentActivities(LlmSettings(), Path("x"))
+    long_sum = json.dumps({"expression": "1+" * 3989 + "1"})
+
+    too_long = await env.run(activities.execute_tool, ToolCall("c1", "calculator", long_sum))
+    with pytest.raises(ToolError) as wrong:
+        await function_tool(book_table).call({"guests": 40, "day": "sun", "extra": 1})
+
+    assert too_long.is_error
+    assert too_long.content == (
+        "invalid arguments for calculator: expression: String should have at most 200 characters"
+    )
+    assert str(wrong.value) == (
+        "invalid arguments for book_table: guests: Input should be less than or equal to 12; "
+        "day: Input should be 'fri' or 'sat'; extra: Extra inputs are not permitted"
+    )
+
+
+def test_an_error_longer_than_the_cap_keeps_its_reason_at_the_end():
+    error = "x" * 20_000 + " is too long"
+
+    capped = truncated(error, error=True)
+
+    assert capped.endswith(" is too long") and "[12012 characters cut]" in capped
+    assert len(capped) < MAX_TOOL_RESULT_CHARS + 40
+    assert truncated("y" * 9_000).endswith("[truncated: 1000 more characters not shown]")
+
+
+def untyped(a: int, b) -> int:  # type: ignore[no-untyped-def]
+    """Add."""
+    return a + b
+
+
+def many(*numbers: int) -> int:
+    """Add them all."""
+    return sum(numbers)
+
+
+def undocumented(a: int) -> int:
+    return a
+
+
+@pytest.mark.parametrize(
+    ("function", "complaint"),
+    [
+        (untyped, "tool test_tools.untyped: parameter 'b' has no type hint"),
+        (many, "tool test_tools.many: parameter 'numbers' must be a plain named parameter"),
+        (undocumented, "tool test_tools.undocumented has no docstring"),
+    ],
+)
+def test_a_function_that_cannot_be_a_tool_is_refused_with_its_name(function, complaint: str):
+    with pytest.raises(ValueError, match=re.escape(complaint)):
+        function_tool(function)
+
+
+@pytest.mark.parametrize(
+    ("source", "complaint"),
+    [
+        ("import no_such_package", "TOOL_MODULES: {name} does not import: ModuleNotFoundError"),
+        ("x = 1", "TOOL_MODULES: {name} declares no tool (mark one with @tool)"),
+        (
+            "from function_tools import tool\n@tool\ndef weather(city: str) -> str:\n"
+            '    """Real weather."""\n    return city',
+            "two tools are named 'weather': one from built in, one from {name}",
+        ),
+    ],
+)
+def test_a_tool_module_that_cannot_be_loaded_is_refused_with_its_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str, complaint: str
+):
+    name = f"user_tools_{tmp_path.name}"
+    (tmp_path / f"{name}.py").write_text(source + "\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    with pytest.raises(ValueError, match=re.escape(complaint.format(name=name))):
+        toolset(registry(tmp_path / "notes.jsonl").values(), module_tools(name))

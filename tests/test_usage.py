@@ -384,13 +384,16 @@ async def test_a_wrong_key_for_the_primary_does_not_fall_back(
     assert [r.body["model"] for r in openai_server.requests] == ["test-model"]
 
 
-def test_the_worker_checks_every_fallback_models_keys_at_start(monkeypatch: pytest.MonkeyPatch):
+async def test_the_worker_checks_every_fallback_models_keys_at_start(
+    monkeypatch: pytest.MonkeyPatch,
+):
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     monkeypatch.setenv("LLM_MODEL", "")
     monkeypatch.setenv("LLM_FALLBACK_MODELS", "scripted/agent, anthropic/claude-3-5-haiku-latest")
 
     with pytest.raises(ValueError) as refused:
-        configured_activities()
+        async with configured_activities():
+            pass
 
     assert str(refused.value) == (
         "LLM_FALLBACK_MODELS: anthropic/claude-3-5-haiku-latest needs ANTHROPIC_API_KEY: "
