@@ -45,14 +45,14 @@ class ToolUse:
     """The JSON the model wrote, parsed; the text as written if it is not JSON."""
     subagent: str = ""
     """The workflow id of the subagent whose model asked; empty for the conversation's."""
-    program: str = ""
-    """For a call a program made: the id of the model's run_program call that made it."""
     needs_approval: bool = False
     decision: str = ""
     """"approved" or "denied" by the harness, for a call that waited."""
     outcome: str = "not run"
     result: str = ""
     attempts: int = 0
+    program: str = ""
+    """For a call a program made: the id of the model's run_program call that made it."""
 
 
 @dataclass
