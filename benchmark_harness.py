@@ -298,11 +298,12 @@ class Conversation:
         client: Client | None,
         task_queue: str | None,
         stream: bool = False,
+        session: SessionInput | None = None,
     ) -> Conversation:
         assert client is not None and task_queue is not None
         handle = await client.start_workflow(
             DurableAgentWorkflow.run,
-            SessionInput(),
+            session or SessionInput(),
             id=f"bench-{label}-{uuid.uuid4().hex[:8]}",
             task_queue=task_queue,
         )

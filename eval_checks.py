@@ -130,9 +130,10 @@ class Refused(_Check):
 
 @dataclass(repr=False)
 class ToolCalled(_Check):
-    """The model asked for `tool` (its subagents' calls count too), with arguments that
-    include `arguments` if given, whose outcome ("ok", "error", "not run") is `outcome`
-    if given; `count` times exactly if given, else at least once."""
+    """The model asked for `tool` (its subagents' calls count too, and the calls its
+    programs made), with arguments that include `arguments` if given, whose outcome ("ok",
+    "error", "not run") is `outcome` if given; `count` times exactly if given, else at
+    least once."""
 
     tool: str
     arguments: dict[str, Any] | None = None

@@ -19,7 +19,7 @@ from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client
 
 from contract import Plan, ToolCall, ToolDecision, ToolResult, Transcript
-from workflow import DELEGATE_TOOL
+from workflow import DELEGATE_TOOL, PROGRAM_TOOL
 
 
 @dataclass
@@ -51,6 +51,8 @@ class ToolUse:
     outcome: str = "not run"
     result: str = ""
     attempts: int = 0
+    program: str = ""
+    """For a call a program made: the id of the model's run_program call that made it."""
 
 
 @dataclass
@@ -144,7 +146,7 @@ class _HistoryReader:
             name, use = attributes.activity_type.name, None
             if name == "execute_tool":
                 [call] = await self._decode(attributes.input.payloads, [ToolCall])
-                use = self._calls.get(call.id)
+                use = self._calls.get(call.id) or self._program_call(call)
             self._activities[event.event_id] = (name, use)
         elif kind == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
             attributes = event.activity_task_started_event_attributes
@@ -193,6 +195,21 @@ class _HistoryReader:
             if use.name == DELEGATE_TOOL and child.endswith(f"-{call_id}"):
                 return use
         return None
+
+    def _program_call(self, call: ToolCall) -> ToolUse | None:
+        """A call a program made, which the model did not ask for itself: a tool use of
+        its own, found by its id (the run_program call's, then a number: `call_2_0-1`).
+        Only its activity shows it, so a call that never got one (denied) is not here."""
+        program, _, number = call.id.rpartition("-")
+        made_by = self._calls.get(program)
+        if made_by is None or made_by.name != PROGRAM_TOOL or not number.isdigit():
+            return None
+        use = ToolUse(
+            call.name, _parsed(call.arguments), self._subagent, call.needs_approval, program=program
+        )
+        self._record.tools.append(use)
+        self._calls[call.id] = use
+        return use
 
     def _finished(self, scheduled_event_id: int) -> tuple[str, ToolUse | None]:
         name, use = self._activities[scheduled_event_id]

@@ -22,6 +22,8 @@ Sections:
   recovery    the worker SIGKILLed after 10, 100, 1 000 turns: time to the next reply
   throughput  turns per second with 1, 10 and 50 conversations on one worker
   long        5 000 turns of 1 KB messages, the worker killed at turn 4 000
+  programs    the weather in 4, 8, 16 cities and the warmest three: one tool call per
+              model reply, all calls in one reply, one program (benchmark_programs.py)
 """
 
 from __future__ import annotations
@@ -62,12 +64,13 @@ from benchmark_harness import (
     same,
     short_conversations,
 )
+from benchmark_programs import programs
 from codec import new_key
 from dev_server import DEV_SERVER_ARGS
 
 PLAIN = "Hello there, how are you?"  # one model call
 TOOL = "What is 25 * 4?"  # model -> calculator -> model
-SECTIONS = ("table2", "pacing", "growth", "recovery", "throughput", "long")
+SECTIONS = ("table2", "pacing", "growth", "recovery", "throughput", "long", "programs")
 HISTORY_WARNING_BYTES = 10 * 1024 * 1024
 HISTORY_WARNING_EVENTS = 10_240
 # Growth: the p50 of this many turns up to each sampled turn. Ten swung the turn-1000
@@ -103,6 +106,8 @@ class Settings:
     long_turns: int = 5_000
     long_kill_at: int = 4_000
     long_message_chars: int = 1_000
+    program_cities: tuple[int, ...] = (4, 8, 16)
+    program_rounds: int = 10
 
 
 QUICK = Settings(
@@ -115,6 +120,7 @@ QUICK = Settings(
     throughput_turns=3,
     long_turns=120,
     long_kill_at=100,
+    program_rounds=1,
 )
 
 
@@ -854,6 +860,7 @@ SECTION_RUNNERS: dict[str, Callable[[Lab, Settings, Report], Awaitable[dict[str,
     "recovery": recovery,
     "throughput": throughput,
     "long": long,
+    "programs": programs,
 }
 
 

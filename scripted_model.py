@@ -35,6 +35,14 @@ _HAS_OPERATOR = re.compile(r"[\d)]\s*(?:\*\*|[-+*/%^])\s*[-(\d.]")
 _FEW_WORDS = re.compile(r"\s*(?:\S+\s*){1,3}")  # one streamed piece of text
 _FIRST = re.compile(r"^\s*first\b[\s,:]*(?P<steps>.+)$", re.IGNORECASE | re.DOTALL)
 _THEN = re.compile(r"[\s,;.]*\bthen\b[\s,:]*", re.IGNORECASE)
+# "The warmest three of A, B and C one at a time / at once / by program": the benchmark's
+# task (issue 22), done in each of the three ways a model could do it.
+_WARMEST = re.compile(
+    r"^\s*(?:what are\s+)?(?:the\s+)?warmest three of\s+(?P<cities>.+?)[\s,]*"
+    r"\b(?P<style>one at a time|at once|by program)\s*[.?!]?\s*$",
+    re.IGNORECASE | re.DOTALL,
+)
+_CELSIUS = re.compile(r": (-?\d+)°C")
 
 
 class ScriptedModel(CustomLLM):
@@ -46,7 +54,9 @@ class ScriptedModel(CustomLLM):
     "delegate: <task>" calls `delegate` ("delegate: A; delegate: B": two calls at once),
     "program: <source>" calls `run_program` with that source; the weather in more than two
     places is one program, if `run_program` is offered; "First A, then B" takes A's tools,
-    then B's, one model step each; after tool results it answers from them. Anything else
+    then B's, one model step each; "the warmest three of A, B, C and D" gets the weather
+    of each place "one at a time" (a reply per call), "at once" (one reply) or "by program",
+    and answers with the three; after tool results it answers from them. Anything else
     gets a short reply saying this is the scripted model.
     """
 
@@ -129,6 +139,8 @@ def scripted_reply(
     last = messages[-1]
     if steps := _next_step(messages):
         return steps
+    if warmest := _warmest_step(messages):
+        return warmest
     if last["role"] == "tool":
         return _say(_summarise_tool_results(messages))
     text = str(last.get("content") or "")
@@ -170,6 +182,57 @@ def weather_program(cities: list[str]) -> str:
         "reports = parallel([weather(city=city) for city in cities])\n"
         '"; ".join(reports)'
     )
+
+
+def warmest_program(cities: list[str]) -> str:
+    """The program it writes for "the warmest three of ... by program": every call at once,
+    and only the answer comes back, as it answers after calls of its own."""
+    return (
+        f"cities = {json.dumps(cities, ensure_ascii=False)}\n"
+        "reports = parallel([weather(city=c) for c in cities])\n"
+        'temps = sorted([(int(r.split(": ")[1].split("°")[0]), c) '
+        "for r, c in zip(reports, cities)], reverse=True)\n"
+        'result = "The warmest three: " + ", ".join(f"{c} {t}°C" for t, c in temps[:3]) + "."'
+    )
+
+
+def warmest_three(temperatures: list[tuple[int, str]]) -> str:
+    """The answer to "the warmest three of ...", from (°C, place) pairs: the text its
+    program computes, so that the three ways give the same reply."""
+    top = sorted(temperatures, reverse=True)[:3]
+    return "The warmest three: " + ", ".join(f"{city} {t}°C" for t, city in top) + "."
+
+
+def _warmest_step(messages: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """For "the warmest three of ...": the turn's next call, or its answer from the
+    reports; None for any other message, and after its program (the program's result is
+    the answer) or a failed call (the usual summary says what failed)."""
+    start = _turn_start(messages)
+    found = _WARMEST.match(str(messages[start].get("content") or ""))
+    if found is None or messages[start]["role"] != "user":
+        return None
+    cities = [c.strip(" .") for c in _CITY_SEPARATOR.split(found["cities"]) if c.strip(" .")]
+    style, step = found["style"].lower(), len(messages)
+    if style == "by program":
+        if messages[-1]["role"] == "tool":
+            return None
+        return _call(step, [("run_program", {"source": warmest_program(cities)})])
+    reports = [m for m in messages[start:] if m["role"] == "tool"]
+    if not reports:
+        asked = cities if style == "at once" else cities[:1]
+        return _call(step, [("weather", {"city": city}) for city in asked])
+    if style == "one at a time" and len(reports) < len(cities):
+        return _call(step, [("weather", {"city": cities[len(reports)]})])
+    asked_for = {
+        call["id"]: json.loads(call["function"]["arguments"]).get("city", "?")
+        for m in messages[start:]
+        if m["role"] == "assistant"
+        for call in m.get("tool_calls") or []
+    }
+    found_in = [(_CELSIUS.search(str(m["content"])), m.get("tool_call_id")) for m in reports]
+    if not all(celsius for celsius, _ in found_in):
+        return None
+    return _say(warmest_three([(int(c[1]), asked_for.get(i, "?")) for c, i in found_in]))
 
 
 def _say(text: str) -> dict[str, Any]:

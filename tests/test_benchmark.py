@@ -60,6 +60,14 @@ def test_quick_benchmark_runs_every_section_and_writes_its_numbers(tmp_path: Pat
     recovery = results["sections"]["recovery"]
     assert recovery["plan_next_action_runs"] == recovery["turns"]
     assert results["sections"]["long"]["runs"] > 1  # it did continue as new
+    rows = {(r["way"], r["cities"]): r for r in results["sections"]["programs"]["rows"]}
+    assert {cities for _, cities in rows} == {4, 8, 16}
+    assert rows["one call per reply", 16]["model_calls"] == 17  # a round trip per city
+    assert rows["all calls in one reply", 16]["model_calls"] == 2
+    assert rows["a program", 16]["model_calls"] == 2
+    assert rows["a program", 16]["tokens_sent"] < rows["all calls in one reply", 16]["tokens_sent"]
+    program_goals = [g for g in results["goals"] if g["name"].startswith("programs: ")]
+    assert len(program_goals) == 3 and program_goals[0]["met"]  # at most 2 model calls
     assert {goal["name"] for goal in results["goals"]}
     assert "## 1. Table 2" in run.stdout and "## Goals" in run.stdout
 

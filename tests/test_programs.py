@@ -7,6 +7,7 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import (
@@ -30,15 +31,17 @@ from temporalio.client import (
 from test_approval import saved_notes
 from test_stream_events import events_of, send
 
+import program
 from activities import AgentActivities, Faults
 from contract import SessionInput
 from llm_client import LlmSettings
-from scripted_model import scripted_reply, weather_program
+from scripted_model import scripted_reply, warmest_three, weather_program
 from tools import demo_weather
 from worker import build_worker
 
 SpawnWorker = Callable[..., Awaitable[WorkerProcess]]
 THREE_CITIES = "What is the weather in Oslo, Rome and Paris?"
+MANY_CITIES = ["Oslo", "Rome", "Paris", "Lima", "Cairo", "Tokyo", "Delhi", "Quito"]
 THREE_REPORTS = "; ".join(demo_weather(city) for city in ("Oslo", "Rome", "Paris"))
 
 
@@ -143,6 +146,50 @@ def test_the_scripted_model_writes_a_program_for_many_places_only_when_it_is_off
         for name, what in calls
     ]
     assert asked == expected
+
+
+async def scripted_turn(ask: str, offered: list[str]) -> tuple[int, str]:
+    """A turn of the scripted model, its calls answered by the demo weather tool and its
+    programs run by the interpreter: (model calls, reply)."""
+
+    async def weather(name: str, arguments: dict[str, object]) -> str:
+        return demo_weather(str(arguments["city"]))
+
+    messages: list[dict[str, Any]] = [{"role": "user", "content": ask}]
+    for model_calls in range(1, 30):
+        message = scripted_reply(messages, offered)["message"]
+        messages.append(message)
+        if not message.get("tool_calls"):
+            return model_calls, message["content"]
+        for call in message["tool_calls"]:
+            arguments = json.loads(call["function"]["arguments"])
+            if call["function"]["name"] == "run_program":
+                content = await program.run(arguments["source"], ["weather"], weather)
+            else:
+                content = await weather("weather", arguments)
+            messages.append({"role": "tool", "tool_call_id": call["id"], "content": content})
+    raise AssertionError("the scripted model never answered")
+
+
+@pytest.mark.parametrize("count", [4, 16])
+async def test_the_warmest_three_comes_out_the_same_one_call_a_reply_at_once_or_by_program(
+    count: int,
+):
+    cities = (MANY_CITIES + [f"New {city}" for city in MANY_CITIES])[:count]
+    temperatures = [(int(demo_weather(c).split(": ")[1].split("°")[0]), c) for c in cities]
+    places = f"{', '.join(cities[:-1])} and {cities[-1]}"
+    offered = ["weather", "run_program"]
+
+    one_by_one = await scripted_turn(f"The warmest three of {places} one at a time.", offered)
+    at_once = await scripted_turn(f"what are the warmest three of {places}, at once", offered)
+    by_program = await scripted_turn(f"Warmest three of {places} by program", offered)
+
+    answer = warmest_three(temperatures)
+    assert answer.startswith("The warmest three: ") and answer.count("°C") == 3
+    assert one_by_one == (count + 1, answer)  # a model call per city, and the answer
+    assert at_once == by_program == (2, answer)
+    hottest = max(temperatures)
+    assert answer.startswith(f"The warmest three: {hottest[1]} {hottest[0]}°C")
 
 
 async def test_with_programs_turned_off_the_model_calls_the_tools_one_by_one(
