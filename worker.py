@@ -196,8 +196,9 @@ class WorkerProcess:
             cwd=Path(__file__).parent,
         )
 
-    async def ready(self, timeout_s: float = 60) -> WorkerProcess:
-        """Wait until the worker polls its task queue; raise with its log if it cannot."""
+    async def ready(self, timeout_s: float = 120) -> WorkerProcess:
+        """Wait until the worker polls its task queue; raise with its log if it cannot.
+        A worker starts in seconds, but past 60 s on a machine loaded to 10 on two cores."""
         deadline = time.monotonic() + timeout_s
         while self.READY_LINE not in self.log.read_text():
             if self._process.poll() is not None or time.monotonic() > deadline:

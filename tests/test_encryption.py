@@ -43,7 +43,9 @@ from worker import build_worker, connect, data_converter
 from workflow import DurableAgentWorkflow
 
 SECRET = "swordfish-4711"
-OLD_KEY, NEW_KEY = os.urandom(32), os.urandom(32)
+# Fixed test keys, not random: pytest-xdist requires every worker to collect the same test
+# ids, and these keys appear in parametrized ids.
+OLD_KEY, NEW_KEY = bytes(range(32)), bytes(range(32, 64))
 OLD_KEY_B64 = base64.b64encode(OLD_KEY).decode()
 ENCRYPTION_ENV = {"ENCRYPTION_KEYS": f"old:{OLD_KEY_B64}", "ENCRYPTION_KEY_ID": "old"}
 CODEC = EncryptionCodec({"old": OLD_KEY}, "old")  # what ENCRYPTION_ENV configures

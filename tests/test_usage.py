@@ -158,7 +158,7 @@ class SubagentsThatEndBadly(CustomLLM):
         if not task.startswith("delegate:") and messages[-1]["role"] == "tool":
             if task.startswith("fail"):
                 raise litellm.BadRequestError(message="refused", model=model, llm_provider="x")
-            await asyncio.sleep(4)
+            await asyncio.sleep(6)
         return ModelResponse(model=model, choices=[scripted_reply(messages)])
 
 
@@ -170,7 +170,7 @@ async def test_failed_and_timed_out_subagents_usage_still_counts(
 ):
     activities = AgentActivities(ENDS_BADLY, notes_file)
     async with build_worker(client, task_queue, activities, max_cached_workflows=0):
-        handle = await start_session(client, task_queue, SessionInput(subagent_timeout_s=2))
+        handle = await start_session(client, task_queue, SessionInput(subagent_timeout_s=4))
         reply = await say(handle, "delegate: fail: What is 1 + 1?; delegate: hang: What is 2 + 2?")
         failed, hung = await handle.query(DurableAgentWorkflow.subagents)
         report = await handle.query(DurableAgentWorkflow.usage)
