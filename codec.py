@@ -16,6 +16,10 @@ ENCRYPTION_KEY_ID at it, and keep the old keys listed while histories written wi
 are still kept. The layout (encoding "binary/encrypted", "encryption-key-id", the nonce
 before the ciphertext) is that of Temporal's encryption samples, so their codec servers
 read ours given the key.
+
+A worker with the keys refuses a new update that comes unencrypted or does not decrypt
+(`EncryptedOnlyConverter`), so a client without the keys writes nothing into an encrypted
+conversation; `check_readable` lets a client find that out before it sends anything.
 """
 
 from __future__ import annotations
