@@ -259,7 +259,12 @@ async def main() -> int:
         for signum in (signal.SIGINT, signal.SIGTERM):
             asyncio.get_running_loop().add_signal_handler(signum, stop.set)
         async with build_worker(client, task_queue, activities, deployment_config=version):
-            print(f"Polling task queue '{task_queue}'. Ctrl-C to stop.", file=sys.stderr)
+            # The PID: what a person kills to crash this worker and no other process.
+            print(
+                f"Polling task queue '{task_queue}' (worker PID {os.getpid()}). Ctrl-C to stop; "
+                f"`kill -9 {os.getpid()}` to crash it.",
+                file=sys.stderr,
+            )
             await stop.wait()
     print("Worker stopped.", file=sys.stderr)
     return 0
