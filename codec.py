@@ -16,6 +16,10 @@ ENCRYPTION_KEY_ID at it, and keep the old keys listed while histories written wi
 are still kept. The layout (encoding "binary/encrypted", "encryption-key-id", the nonce
 before the ciphertext) is that of Temporal's encryption samples, so their codec servers
 read ours given the key.
+
+A worker with the keys refuses a new update that comes unencrypted or does not decrypt
+(`EncryptedOnlyConverter`), so a client without the keys writes nothing into an encrypted
+conversation; `check_readable` lets a client find that out before it sends anything.
 """
 
 from __future__ import annotations
@@ -29,11 +33,17 @@ import secrets
 import sys
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from temporalio import workflow
 from temporalio.api.common.v1 import Payload
+from temporalio.client import Client
+from temporalio.contrib.pydantic import PydanticPayloadConverter
 from temporalio.converter import PayloadCodec
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
 
 ENCODING = b"binary/encrypted"
 KEY_ID = "encryption-key-id"
@@ -43,6 +53,9 @@ KEY_BYTES = 32  # AES-256
 NONCE_BYTES = 12
 TAG_BYTES = 16
 _KEY_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]+")
+# Set by a codec that hands on a payload it did not decrypt (`refuse_later`): why not.
+NOT_DECRYPTED = "not-decrypted"
+PLAINTEXT = b"it came without encryption"
 
 
 class DecryptionError(Exception):
@@ -50,17 +63,31 @@ class DecryptionError(Exception):
     a worker fails the workflow task (and retries it) until a worker with the key runs it."""
 
 
+class ConversationUnreadable(Exception):
+    """This process cannot read a conversation's history: it has no key, or not its key."""
+
+
 class EncryptionCodec(PayloadCodec):
     """Encrypts whole payloads (their metadata too) with the current key; decrypts with
     whichever listed key a payload names. Payloads without the encrypted encoding, written
-    before encryption was turned on, pass through as they are."""
+    before encryption was turned on, pass through as they are.
 
-    def __init__(self, keys: Mapping[str, bytes], key_id: str) -> None:
+    With `refuse_later`, a payload that came without encryption, or that does not decrypt,
+    is handed on marked with why (NOT_DECRYPTED) instead, for `EncryptedOnlyConverter` to
+    refuse: the codec cannot tell a new message from an old history, the converter can.
+    """
+
+    def __init__(
+        self, keys: Mapping[str, bytes], key_id: str, *, refuse_later: bool = False
+    ) -> None:
         self._ciphers = {name: AESGCM(key) for name, key in keys.items()}
         self.key_id = key_id
+        self.refuse_later = refuse_later
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> EncryptionCodec | None:
+    def from_env(
+        cls, env: Mapping[str, str] | None = None, *, refuse_later: bool = False
+    ) -> EncryptionCodec | None:
         """The codec ENCRYPTION_KEYS and ENCRYPTION_KEY_ID describe, or None when neither
         is set. Raises ValueError naming the variable; never quotes key material."""
         env = os.environ if env is None else env
@@ -83,7 +110,7 @@ class EncryptionCodec(PayloadCodec):
             raise ValueError(
                 f"ENCRYPTION_KEY_ID={key_id} is not among ENCRYPTION_KEYS ({', '.join(keys)})"
             )
-        return cls(keys, key_id)
+        return cls(keys, key_id, refuse_later=refuse_later)
 
     def describe(self) -> str:
         """One line for a process's start banner."""
@@ -106,10 +133,17 @@ class EncryptionCodec(PayloadCodec):
         return encoded
 
     async def decode(self, payloads: Sequence[Payload]) -> list[Payload]:
-        return [
-            self._decrypt(payload) if payload.metadata.get("encoding") == ENCODING else payload
-            for payload in payloads
-        ]
+        return [self._decode(payload) for payload in payloads]
+
+    def _decode(self, payload: Payload) -> Payload:
+        if payload.metadata.get("encoding") != ENCODING:
+            return _marked(payload, PLAINTEXT) if self.refuse_later else payload
+        try:
+            return self._decrypt(payload)
+        except DecryptionError as err:
+            if not self.refuse_later:
+                raise
+            return _marked(payload, str(err).encode())
 
     def _decrypt(self, payload: Payload) -> Payload:
         key_id = payload.metadata.get(KEY_ID, b"").decode(errors="replace")
@@ -130,6 +164,101 @@ class EncryptionCodec(PayloadCodec):
                 "under that id is not the one that encrypted it, or the payload was altered"
             ) from None
         return Payload.FromString(plaintext)
+
+
+def _marked(payload: Payload, why: bytes) -> Payload:
+    marked = Payload()
+    marked.CopyFrom(payload)
+    marked.metadata[NOT_DECRYPTED] = why
+    return marked
+
+
+class EncryptedOnlyConverter(PydanticPayloadConverter):
+    """The project's converter, for processes that encrypt: it refuses what the codec
+    handed on undecrypted (NOT_DECRYPTED).
+
+    A new update that carries one is rejected: the SDK rejects an update whose arguments
+    do not convert, before anything reaches history, so a client without the keys (or
+    with the wrong ones) writes nothing into an encrypted conversation, and cannot wedge
+    it either. A replayed update is read as it is: it was accepted before encryption was
+    turned on, and replay must do what the first run did. Anything else that does not
+    decrypt fails, as the codec alone would fail it: the workflow task, retried until a
+    worker with the key runs it (docs/encryption.md says what signals do).
+    """
+
+    def from_payloads(
+        self, payloads: Sequence[Payload], type_hints: list[type] | None = None
+    ) -> list[Any]:
+        for payload in payloads:
+            why = payload.metadata.get(NOT_DECRYPTED)
+            if why is None:
+                continue
+            if _in_a_new_update():
+                raise ApplicationError(
+                    "This conversation is encrypted and refuses this update: "
+                    + why.decode(errors="replace"),
+                    type="NotEncrypted",
+                    non_retryable=True,
+                )
+            if why != PLAINTEXT:
+                raise DecryptionError(why.decode(errors="replace"))
+        return super().from_payloads(payloads, type_hints)
+
+
+def _in_a_new_update() -> bool:
+    """Converting the arguments of an update this workflow has not accepted yet."""
+    return (
+        workflow.in_workflow()
+        and workflow.current_update_info() is not None
+        and not workflow.unsafe.is_replaying()
+    )
+
+
+async def check_readable(client: Client, workflow_id: str) -> None:
+    """Raise ConversationUnreadable if `client` cannot decrypt the conversation's input
+    (the first event of its latest run): asked before sending it anything, since what it
+    sends would be refused and what it receives would not decrypt. No such conversation,
+    or one started before encryption was on, is readable."""
+    handle = client.get_workflow_handle(workflow_id)
+    try:
+        async for event in handle.fetch_history_events(page_size=1):
+            inputs = event.workflow_execution_started_event_attributes.input.payloads
+            break
+        else:
+            return
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            return
+        raise
+    if not inputs or inputs[0].metadata.get("encoding") != ENCODING:
+        return
+    codec = client.data_converter.payload_codec
+    if not isinstance(codec, EncryptionCodec):
+        raise ConversationUnreadable(
+            f"Conversation {workflow_id} is encrypted and this client has no key: set "
+            "ENCRYPTION_KEYS and ENCRYPTION_KEY_ID as the worker has them."
+        )
+    try:
+        codec._decrypt(inputs[0])
+    except DecryptionError as err:
+        raise ConversationUnreadable(
+            f"Conversation {workflow_id} is encrypted and this client has the wrong key: {err}."
+        ) from None
+
+
+def unreadable(err: Exception) -> ConversationUnreadable | None:
+    """What a failure to read a result means, if it is that this client has no key
+    (the SDK's converter knows no "binary/encrypted") or not the right one."""
+    if isinstance(err, ConversationUnreadable):
+        return err
+    if isinstance(err, DecryptionError):
+        return ConversationUnreadable(f"This client has the wrong key: {err}.")
+    if isinstance(err, KeyError) and ENCODING.decode() in str(err):
+        return ConversationUnreadable(
+            "The conversation is encrypted and this client has no key: set ENCRYPTION_KEYS "
+            "and ENCRYPTION_KEY_ID as the worker has them."
+        )
+    return None
 
 
 def parse_keys(text: str) -> dict[str, bytes]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,6 +36,11 @@ DEV_SERVER_ARGS = [
 ]
 
 
+# Where the dev servers this project starts in a process of its own (`--embedded`, the
+# tests, the benchmark, the evals) write what they print.
+LOG = Path(tempfile.gettempdir()) / "durable-agent-dev-server.log"
+
+
 class NoTemporalBinary(Exception):
     """The `temporal` CLI is not installed beside this Python."""
 
@@ -53,11 +59,12 @@ def port_is_free(port: int) -> bool:
 
 
 async def start_dev_server(
-    extra_args: list[str] = DEV_SERVER_ARGS, ui_port: int | None = None
+    extra_args: list[str] = DEV_SERVER_ARGS, ui_port: int | None = None, log: Path = LOG
 ) -> WorkflowEnvironment:
-    """A dev server on a free port, in a child process; its banner kept off stdout."""
-    # stdout is for replies (and benchmark tables) only.
-    with _stdout_to_stderr(), _without_trace_settings():
+    """A dev server on a free port, in a child process whose output (its banner, and its
+    own warnings and errors, "Cluster Id ... not a valid uuid" at every start) is appended
+    to `log`: stdout is for replies, and a chat's terminal for what concerns its user."""
+    with _output_to(log), _without_trace_settings():
         return await WorkflowEnvironment.start_local(
             dev_server_existing_path=temporal_binary(),
             ui=ui_port is not None,
@@ -67,16 +74,21 @@ async def start_dev_server(
 
 
 @contextmanager
-def _stdout_to_stderr() -> Iterator[None]:
-    """Point file descriptor 1 at stderr while a child process starts and inherits it."""
+def _output_to(log: Path) -> Iterator[None]:
+    """Point file descriptors 1 and 2 at `log` while a child process starts and inherits
+    them: the SDK starts the server with this process's own."""
     sys.stdout.flush()
-    saved = os.dup(1)
-    os.dup2(2, 1)
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with log.open("ab") as file:
+        os.dup2(file.fileno(), 1)
+        os.dup2(file.fileno(), 2)
     try:
         yield
     finally:
-        os.dup2(saved, 1)
-        os.close(saved)
+        for fd, original in zip((1, 2), saved, strict=True):
+            os.dup2(original, fd)
+            os.close(original)
 
 
 @contextmanager

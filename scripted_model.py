@@ -28,7 +28,9 @@ _DELEGATE = re.compile(r"^\s*delegate:\s*(?P<tasks>.+)$", re.IGNORECASE | re.DOT
 _NEXT_TASK = re.compile(r";\s*delegate:\s*", re.IGNORECASE)
 _GOODBYE = re.compile(r"\b(bye|goodbye)\b", re.IGNORECASE)
 _NOTE = re.compile(r"^\s*(?:note:|remember)\s*(?P<text>.+)$", re.IGNORECASE | re.DOTALL)
-_CITIES = re.compile(r"weather (?:in|for) ([A-Za-z][A-Za-z ,.'-]*)", re.IGNORECASE)
+# A place is letters of any script (`[^\W\d_]`: Zürich, São Paulo, 東京), with spaces,
+# commas, dots, hyphens and apostrophes (' and \u2019) between them; an emoji or a "?" ends it.
+_CITIES = re.compile(r"weather (?:in|for) ([^\W\d_](?:[^\W\d_]|[ ,.'\u2019-])*)", re.IGNORECASE)
 _CITY_SEPARATOR = re.compile(r"\s*(?:,|\band\b)\s*")
 _ARITHMETIC = re.compile(r"[-(\d.][\d.\s()+\-*/%^]*[\d)]")
 _HAS_OPERATOR = re.compile(r"[\d)]\s*(?:\*\*|[-+*/%^])\s*[-(\d.]")

@@ -60,6 +60,7 @@ from temporalio.runtime import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
+import codec
 import deployment
 import tracing
 import worker
@@ -463,9 +464,18 @@ async def main() -> int:
         if args.embedded:
             async with embedded_temporal(worker.task_queue_name(args.task_queue)) as client:
                 return await run(args, client)
-        return await run(args, await worker.connect(args.address))
+        client = await worker.connect(args.address)
+        if args.session:  # Nothing is sent to a conversation this client cannot read.
+            await codec.check_readable(client, args.session)
+        return await run(args, client)
     except (ChatError, worker.TemporalUnreachable, NoTemporalBinary, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 1
+    except (codec.ConversationUnreadable, KeyError, codec.DecryptionError) as err:
+        # The check above, or a result that does not decrypt: one line, no traceback.
+        if (unreadable := codec.unreadable(err)) is None:
+            raise
+        print(f"error: {unreadable}", file=sys.stderr)
         return 1
 
 

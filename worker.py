@@ -37,7 +37,7 @@ from temporalio.worker import Worker
 
 import deployment
 import tracing
-from codec import EncryptionCodec
+from codec import EncryptedOnlyConverter, EncryptionCodec
 from workflow import DurableAgentWorkflow
 
 if TYPE_CHECKING:
@@ -90,13 +90,16 @@ def data_converter(env: Mapping[str, str] | None = None) -> DataConverter:
 
     Encrypting, it also moves failure messages and stack traces into a payload (the SDK's
     encoded failure attributes), which the codec encrypts: a failure message can quote
-    what the user wrote. Replay needs the same converter to read an encrypted history.
+    what the user wrote; and it rejects a new update that comes unencrypted or does not
+    decrypt (`EncryptedOnlyConverter`), so a client without the keys writes nothing into
+    an encrypted conversation. Replay needs the same converter to read an encrypted history.
     """
-    codec = EncryptionCodec.from_env(env)
+    codec = EncryptionCodec.from_env(env, refuse_later=True)
     if codec is None:
         return pydantic_data_converter
     return dataclasses.replace(
         pydantic_data_converter,
+        payload_converter_class=EncryptedOnlyConverter,
         payload_codec=codec,
         failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
     )
@@ -257,7 +260,12 @@ async def main() -> int:
         for signum in (signal.SIGINT, signal.SIGTERM):
             asyncio.get_running_loop().add_signal_handler(signum, stop.set)
         async with build_worker(client, task_queue, activities, deployment_config=version):
-            print(f"Polling task queue '{task_queue}'. Ctrl-C to stop.", file=sys.stderr)
+            # The PID: what a person kills to crash this worker and no other process.
+            print(
+                f"Polling task queue '{task_queue}' (worker PID {os.getpid()}). Ctrl-C to stop; "
+                f"`kill -9 {os.getpid()}` to crash it.",
+                file=sys.stderr,
+            )
             await stop.wait()
     print("Worker stopped.", file=sys.stderr)
     return 0

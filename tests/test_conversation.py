@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 from conftest import history_events, say, scheduled_activities, start_session
@@ -10,6 +11,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 
 from contract import SessionInput
+from scripted_model import scripted_reply
 from workflow import MAX_MESSAGE_CHARS, DurableAgentWorkflow
 
 
@@ -27,6 +29,32 @@ async def test_multi_turn_conversation_keeps_every_message_in_order(session: Wor
     ]
     assert transcript.messages[-1].role == "assistant"
     assert await session.query(DurableAgentWorkflow.status) == "idle"
+
+
+@pytest.mark.parametrize(
+    ("ask", "cities"),
+    [
+        ("weather in Zürich 🌦️", ["Zürich"]),
+        ("What is the weather in São Paulo and Kraków?", ["São Paulo", "Kraków"]),
+        ("weather for 東京", ["東京"]),
+        (
+            "weather in L\u2019Aquila, Saint-Étienne and Malmö.",
+            ["L\u2019Aquila", "Saint-Étienne", "Malmö"],
+        ),
+    ],
+)
+def test_the_scripted_model_takes_a_city_in_any_letters(ask: str, cities: list[str]):
+    # \u2019: the typographic apostrophe, which a phone's keyboard types.
+    choice = scripted_reply([{"role": "user", "content": ask}], ["weather"])
+
+    asked = [json.loads(call["function"]["arguments"]) for call in choice["message"]["tool_calls"]]
+    assert asked == [{"city": city} for city in cities]
+
+
+async def test_the_weather_in_a_city_with_an_accent_and_an_emoji_is_that_city(
+    session: WorkflowHandle,
+):
+    assert "[demo data] Zürich" in await say(session, "weather in Zürich 🌦️")
 
 
 async def test_tool_turn_is_plan_then_tool_then_plan_in_the_history(session: WorkflowHandle):

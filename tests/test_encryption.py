@@ -17,12 +17,13 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from unittest import mock
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from conftest import ROOT, approvals_waiting, decide, say, start_session
+from conftest import ROOT, approvals_waiting, decide, history_events, say, start_session
 from google.protobuf import json_format
 from temporalio import activity
 from temporalio.api.common.v1 import Payload, Payloads
@@ -32,6 +33,7 @@ from temporalio.converter import PayloadConverter
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
+from test_replay import HISTORIES, recorded
 
 from activities import AgentActivities
 from codec import DecryptionError, EncryptionCodec
@@ -279,6 +281,133 @@ async def test_the_cli_shows_the_history_decrypted_through_the_codec_server(
 
     assert f"the password is {SECRET}" in decrypted
     assert SECRET not in encrypted
+
+
+# --- A client without the keys -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EncryptedConversation:
+    workflow_id: str
+    task_queue: str
+
+
+@pytest.fixture(scope="module")
+async def encrypted_conversation(
+    temporal: WorkflowEnvironment, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[EncryptedConversation]:
+    """A conversation started and answered once with the keys, its worker still running:
+    one that keeps no workflow in cache, so every task replays the updates before it."""
+    with mock.patch.dict(os.environ, ENCRYPTION_ENV):
+        client = await connect(address(temporal))
+    task_queue = f"test-{uuid.uuid4()}"
+    notes = tmp_path_factory.mktemp("keyless") / "notes.jsonl"
+    activities = AgentActivities(LlmSettings(), notes)
+    async with build_worker(client, task_queue, activities, max_cached_workflows=0):
+        handle = await start_session(client, task_queue)
+        assert await say(handle, "What is 2 + 2?") == "2 + 2 = 4"
+        yield EncryptedConversation(handle.id, task_queue)
+
+
+async def chat_client(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
+    """start_workflow.py as a person runs it; its exit code, stdout and stderr."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(ROOT / "start_workflow.py"),
+        *args,
+        env={**os.environ, **env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode is not None
+    return process.returncode, stdout.decode(), stderr.decode()
+
+
+async def plaintext_events(temporal: WorkflowEnvironment, workflow_id: str) -> list[int]:
+    """The ids of the events that hold a payload which is not encrypted, read with the
+    dev server's own client (no codec), as anyone with access to the server could."""
+    raw = await temporal.client.get_workflow_handle(workflow_id).fetch_history()
+    return [
+        event["eventId"]
+        for event in json.loads(raw.to_json())["events"]
+        if any(p.metadata["encoding"] != ENCRYPTED for p in payloads_in(event))
+    ]
+
+
+ENCRYPTED = b"binary/encrypted"
+WRONG_KEY_ENV = {"ENCRYPTION_KEYS": f"old:{base64.b64encode(NEW_KEY).decode()}"}
+
+
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        (
+            {"ENCRYPTION_KEYS": "", "ENCRYPTION_KEY_ID": ""},
+            "is encrypted and this client has no key",
+        ),
+        ({**ENCRYPTION_ENV, **WRONG_KEY_ENV}, "this client has the wrong key"),
+    ],
+    ids=["no-keys", "wrong-key"],
+)
+async def test_a_client_without_the_keys_says_so_in_one_line_and_leaks_nothing(
+    temporal: WorkflowEnvironment,
+    encrypted_conversation: EncryptedConversation,
+    env: dict[str, str],
+    says: str,
+):
+    conversation = encrypted_conversation
+    code, stdout, stderr = await chat_client(
+        *("--address", address(temporal), "--task-queue", conversation.task_queue),
+        *("--session", conversation.workflow_id, "--message", "What is 1 + 1?"),
+        env=env,
+    )
+
+    assert (code, stdout) == (1, "")
+    [line] = stderr.splitlines()
+    assert line.startswith(f"error: Conversation {conversation.workflow_id} ") and says in line
+    assert await plaintext_events(temporal, conversation.workflow_id) == []
+
+
+async def test_the_worker_rejects_an_update_it_cannot_decrypt_and_it_leaves_no_trace(
+    temporal: WorkflowEnvironment, encrypted_conversation: EncryptedConversation
+):
+    # Clients that do not check first: the SDK's default converter (no keys), and one
+    # whose key under the same id is another.
+    with mock.patch.dict(os.environ, {**ENCRYPTION_ENV, **WRONG_KEY_ENV}):
+        wrong_key = await connect(address(temporal))
+    conversation = encrypted_conversation.workflow_id
+    with mock.patch.dict(os.environ, ENCRYPTION_ENV):
+        keyed = (await connect(address(temporal))).get_workflow_handle(conversation)
+    before = len(await history_events(keyed))
+
+    for client in (temporal.client, wrong_key):
+        with pytest.raises(WorkflowUpdateFailedError) as refused:
+            await say(client.get_workflow_handle(conversation), "What is 1 + 1?")
+        assert isinstance(refused.value.cause, ApplicationError)  # its reason: encrypted
+    after = await history_events(keyed)
+
+    assert len(after) == before  # rejected: nothing written, not even a failed task
+    assert await plaintext_events(temporal, conversation) == []
+    assert await say(keyed, "What is 3 * 3?") == "3 * 3 = 9"  # not wedged
+
+
+async def test_a_payload_that_came_without_encryption_is_marked_and_a_client_reads_it():
+    converter = data_converter(ENCRYPTION_ENV)
+    assert converter.payload_codec is not None
+    [plaintext] = await converter.payload_codec.decode([secret_payload()])
+
+    assert plaintext.metadata["not-decrypted"] == b"it came without encryption"
+    # Outside a workflow (a client reading a result): read as it is, as before encryption.
+    assert converter.payload_converter.from_payloads([plaintext]) == [f"the password is {SECRET}"]
+
+
+@pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])
+async def test_a_history_written_before_encryption_was_on_replays_with_the_keys(path: Path):
+    converter = data_converter(ENCRYPTION_ENV)
+    replayer = Replayer(workflows=[DurableAgentWorkflow], data_converter=converter)
+
+    await replayer.replay_workflow(recorded(path))
 
 
 def payloads_in(node: Any) -> Iterator[Payload]:

@@ -24,11 +24,14 @@ HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
 
 @pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])
 async def test_recorded_history_replays_with_the_current_workflow_code(path: Path):
+    await replayer().replay_workflow(recorded(path))
+
+
+def recorded(path: Path) -> WorkflowHistory:
     text = path.read_text()
     # Under the id it ran with: a subagent's workflow id is derived from its parent's.
     started = json.loads(text)["events"][0]["workflowExecutionStartedEventAttributes"]
-    history = WorkflowHistory.from_json(started.get("workflowId", "recorded"), text)
-    await replayer().replay_workflow(history)
+    return WorkflowHistory.from_json(started.get("workflowId", "recorded"), text)
 
 
 async def test_fresh_conversation_with_every_kind_of_turn_replays(
