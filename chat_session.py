@@ -44,6 +44,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from approval_prompts import Approver, decide
 from contract import Message, PendingApproval, SessionInput, Transcript
 from stream_view import TurnView
+from worker import DEFAULT_TASK_QUEUE
 from workflow import DurableAgentWorkflow
 
 T = TypeVar("T")
@@ -227,7 +228,9 @@ class ChatSession:
                 return f"the workers fail this conversation's workflow task ({failed}): {why}"
             queue = description.execution_config.task_queue.name
             if not await self.workers_poll(queue):
-                return f"no worker polls task queue {queue}: start one with `uv run worker.py`"
+                return (
+                    f"no worker polls task queue {queue}: start one with {_worker_command(queue)}"
+                )
         except RPCError:
             return ""  # Temporal itself does not answer: the request's own error says so.
         return ""
@@ -296,12 +299,13 @@ class ChatSession:
             raise
         if description.status != WorkflowExecutionStatus.RUNNING:
             raise ChatError(f"Session {self.id} has ended: no tool call waits in it.")
+        queue = description.task_queue
         no_worker = (
-            f"No worker is running for session {self.id} (task queue {description.task_queue}),"
-            " so nothing can be decided now: start one with `uv run worker.py`, then run this"
-            " command again."
+            f"No worker is running for session {self.id} (task queue {queue}), so nothing can"
+            f" be decided now: start one with {_worker_command(queue)}, then run this command"
+            " again."
         )
-        if not await self.workers_poll(description.task_queue):
+        if not await self.workers_poll(queue):
             raise ChatError(no_worker)
         try:
             pending = await self.handle.query(
@@ -357,6 +361,11 @@ class ChatSession:
             "Your last message was not delivered (Temporal refused it: no worker could run "
             f"the conversation). Send it again with:\n  {command}{shlex.quote(self.undelivered)}"
         )
+
+
+def _worker_command(task_queue: str) -> str:
+    flag = "" if task_queue == DEFAULT_TASK_QUEUE else f" --task-queue {task_queue}"
+    return f"`uv run worker.py{flag}`"
 
 
 def _times(count: int) -> str:

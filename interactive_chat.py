@@ -70,17 +70,6 @@ class Terminal:
             sys.stdout.flush()
 
 
-class LineQueue:
-    """The `asyncio.Queue`-like face of a terminal that `approval_prompts.asking_on` reads."""
-
-    def __init__(self, terminal: Terminal, prompt: str) -> None:
-        self._terminal = terminal
-        self._prompt = prompt
-
-    async def get(self) -> str | None:
-        return await self._terminal.line(self._prompt)
-
-
 def leaving_line(session: ChatSession, embedded: bool) -> str:
     """What the client says when the user leaves without ending the chat."""
     if embedded:
@@ -111,7 +100,7 @@ async def chat(
     """The interactive loop; quit, exit or bye end the chat and print the transcript.
     Replies stream as the model writes them."""
     print(f"Session {session.id}. Type a message; quit, exit or bye end the chat.", file=sys.stderr)
-    ask = asking_on(LineQueue(terminal, "approve? [y/N] "))
+    ask = asking_on(terminal.line)
     try:
         # Back after Ctrl-C, or after a script left a call waiting: follow that turn first;
         # or show the last exchange, whose reply may have come while the client was away.

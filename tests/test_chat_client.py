@@ -7,16 +7,22 @@ import asyncio
 import fcntl
 import os
 import pty
+import re
 import subprocess
 import sys
 import termios
+import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
-from conftest import ROOT, until
-from temporalio.client import Client
+from conftest import ROOT, chat_client, say, start_session, until
+from temporalio.client import Client, WorkflowHandle
 
-from worker import WorkerProcess
+from activities import AgentActivities, Faults
+from llm_client import LlmSettings
+from tools import demo_weather
+from worker import WorkerProcess, build_worker
 from workflow import MAX_MESSAGE_CHARS, DurableAgentWorkflow
 
 SpawnWorker = Callable[..., Awaitable[WorkerProcess]]
@@ -55,7 +61,10 @@ class Terminal:
 
     async def sees(self, text: str, timeout_s: float = 30) -> str:
         """Wait until `text` shows after what was seen last; return what came up to it."""
-        await until(lambda: text in self.seen[self._read_to :], timeout_s)
+        try:
+            await until(lambda: text in self.seen[self._read_to :], timeout_s)
+        except AssertionError:
+            raise AssertionError(f"{text!r} not shown; the screen:\n{self.seen[-3000:]}") from None
         end = self.seen.index(text, self._read_to) + len(text)
         shown, self._read_to = self.seen[self._read_to : end], end
         return shown
@@ -71,6 +80,9 @@ class Terminal:
     async def exits(self, timeout_s: float = 30) -> int:
         code = await until(lambda: self.process.poll() is not None, timeout_s)
         return self.process.returncode if code else -1
+
+    def terminal_settings(self) -> list:
+        return termios.tcgetattr(self._master)
 
     def close(self) -> None:
         if self.process.poll() is None:
@@ -143,3 +155,175 @@ async def test_a_piped_line_that_is_not_utf8_is_refused_and_the_next_is_answered
     assert "agent> 3 * 3 = 9" in out.decode()
     assert "you> What is 3 * 3?" in out.decode()  # the transcript: one message, the good one
     assert "caf" not in out.decode()
+
+
+async def test_reattaching_shows_the_last_exchange_and_ctrl_c_mid_turn_leaves_at_once(
+    client: Client, task_queue: str, notes_file: Path, terminals: Callable[..., Terminal]
+):
+    slow_tools = AgentActivities(LlmSettings(), notes_file, Faults(tool_delay_s=2))
+    async with build_worker(client, task_queue, slow_tools, max_cached_workflows=0):
+        handle = await start_session(client, task_queue)
+        await say(handle, "What is 9 * 9?")  # answered while no chat was attached
+        chat = terminals(*where(client, task_queue), "--session", handle.id)
+        attached = await chat.sees("agent> 9 * 9 = 81\nyou> ")
+        await chat.types("What is 2 + 2?")
+        await until(lambda: handle.query(DurableAgentWorkflow.turn_in_progress))
+        await chat.types(b"\x03", enter=False)  # Ctrl-C while the tool works
+        code = await chat.exits()
+        await until(lambda: _answered(handle, "2 + 2 = 4"))  # the turn goes on in Temporal
+
+    assert "(the last exchange:)\nyou> What is 9 * 9?\nagent> 9 * 9 = 81\nyou> " in attached
+    assert code == 130
+    assert chat.seen.endswith(  # the last thing the client printed; nothing came after it
+        f"Left the chat; the conversation is kept: resume it with --session {handle.id}.\n"
+    )
+    assert "[tool]" not in chat.seen
+    assert chat.terminal_settings() == chat.settings  # the terminal is given back as it was
+
+
+async def _answered(handle: WorkflowHandle, reply: str) -> bool:
+    transcript = await handle.query(DurableAgentWorkflow.conversation)
+    return any(m.role == "assistant" and m.content == reply for m in transcript.messages)
+
+
+class Script:
+    """The chat client run as a script whose stderr a test reads while it runs."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.stderr = ""
+        self._reading = asyncio.create_task(self._read())
+
+    @classmethod
+    async def start(cls, *args: str, env: dict[str, str] | None = None) -> Script:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(ROOT / "start_workflow.py"),
+            *args,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, **(env or {})},
+            cwd=ROOT,
+        )
+        return cls(process)
+
+    async def _read(self) -> None:
+        assert self.process.stderr is not None
+        async for line in self.process.stderr:
+            self.stderr += line.decode()
+
+    async def says(self, pattern: str, timeout_s: float = 30) -> None:
+        """Wait until stderr has a match for the regular expression."""
+        await until(lambda: re.search(pattern, self.stderr), timeout_s)
+
+    async def result(self, timeout_s: float = 60) -> tuple[int, str]:
+        assert self.process.stdout is not None
+        stdout = await asyncio.wait_for(self.process.stdout.read(), timeout_s)
+        await asyncio.wait_for(self.process.wait(), timeout_s)
+        await self._reading
+        return self.process.returncode or 0, stdout.decode()
+
+    def stop(self) -> None:
+        if self.process.returncode is None:
+            self.process.kill()
+
+
+async def test_a_slow_reply_says_why_the_model_failing_or_no_worker_polling(
+    client: Client, task_queue: str, notes_file: Path
+):
+    failing_model = AgentActivities(LlmSettings(), notes_file, Faults(llm_failures=100))
+    nobody = f"nobody-{task_queue}"
+    async with build_worker(client, task_queue, failing_model):
+        model_down = await Script.start(*where(client, task_queue), "--message", "What is 1 + 1?")
+        no_worker = await Script.start(*where(client, nobody), "--message", "What is 1 + 1?")
+        try:
+            await model_down.says(
+                r"\(the model call failed \d+ times, retrying: simulated failure: provider "
+                r"outage, attempt \d+ \(FAULT_LLM_FAILURES=100\); Ctrl-C leaves"
+            )
+            await no_worker.says(re.escape(f"(no worker polls task queue {nobody}: start one"))
+        finally:
+            model_down.stop()
+            no_worker.stop()
+
+    assert "no worker" not in model_down.stderr  # its worker polls: the model is the problem
+    assert f"`uv run worker.py --task-queue {nobody}`" in no_worker.stderr
+
+
+async def test_readable_lines_one_per_tool_call_and_bye_ends_without_an_error_span(
+    client: Client,
+    task_queue: str,
+    worker: object,
+    notes_file: Path,
+    tmp_path: Path,
+    terminals: Callable[..., Terminal],
+):
+    traces = tmp_path / "client-spans.json"
+    chat = terminals(
+        *where(client, task_queue),
+        env={"OTEL_TRACES_EXPORTER": "console", "TRACES_FILE": str(traces)},
+    )
+    await chat.sees("you> ")
+
+    await chat.types("note: café in Zürich")
+    asked = await chat.sees("approve? [y/N] ")
+    await chat.types("y")
+    approved = await chat.sees("you> ")
+    await chat.types("What is the weather in Oslo and Lima?")
+    weather = await chat.sees("you> ")
+    await chat.types("delegate: What is 6 * 7?; delegate: What is 2 + 2?")
+    delegated = await chat.sees("you> ")
+    await chat.types("bye")
+    code = await chat.exits()
+
+    assert 'agent wants to run save_note {"text": "café in Zürich"}' in asked
+    tool_line = '[tool] save_note {"text": "café in Zürich"} -> ok'
+    assert approved.index('Approved: save_note {"text": "café in Zürich"}') < approved.index(
+        tool_line
+    )
+    assert approved.count("[tool]") == 1
+    assert f"agent> {demo_weather('Oslo')} {demo_weather('Lima')}\n" in weather
+    assert weather.count("[tool] weather") == 2
+    subagents = [line for line in delegated.splitlines() if line.startswith("delegated to")]
+    assert [line.split(": ", 1)[1] for line in subagents] == ["What is 6 * 7?", "What is 2 + 2?"]
+    assert "[tool] delegate" not in delegated
+    assert "agent> 6 * 7 = 42; 2 + 2 = 4" in delegated
+    assert code == 0
+    assert "--- transcript ---" in chat.seen
+    spans = traces.read_text()
+    assert '"name": "SignalWorkflow:end_chat"' not in spans  # the model had ended it
+    assert "already completed" not in spans  # the error span a signal to it would leave
+
+
+async def test_approval_commands_say_one_clean_sentence(
+    client: Client, task_queue: str, worker: object
+):
+    idle = await start_session(client, f"no-worker-{task_queue}")  # no worker polls it
+    busy = await start_session(client, task_queue)
+    started = time.monotonic()
+
+    nothing, nosuch, no_worker, embedded = await asyncio.gather(
+        chat_client(*where(client, task_queue), "--session", busy.id, "--approve"),
+        chat_client(*where(client, task_queue), "--session", f"nosuch-{task_queue}", "--approve"),
+        chat_client(*where(client, task_queue), "--session", idle.id, "--approve"),
+        chat_client("--embedded", "--session", "earlier", "--message", "hi"),
+    )
+
+    assert (nothing.returncode, nothing.stderr) == (
+        1,
+        f"error: No tool call waits for approval in session {busy.id}.\n",
+    )
+    assert (nosuch.returncode, nosuch.stderr) == (
+        1,
+        f"error: There is no session nosuch-{task_queue}.\n",
+    )
+    assert no_worker.returncode == 1
+    assert no_worker.stderr == (
+        f"error: No worker is running for session {idle.id} (task queue no-worker-{task_queue}), "
+        "so nothing can be decided now: start one with `uv run worker.py --task-queue "
+        f"no-worker-{task_queue}`, then run this command again.\n"
+    )
+    assert time.monotonic() - started < 20  # not the query's 30 s wait for a worker
+    assert embedded.returncode == 2
+    assert "error: --embedded runs a server that lives in memory" in embedded.stderr
+    assert "Traceback" not in nothing.stderr + nosuch.stderr + no_worker.stderr + embedded.stderr
