@@ -53,6 +53,8 @@ WAITING_NOTICE_AFTER_S = 5.0
 RETRY_EVERY_S = 2.0
 APPROVAL_CHECK_EVERY_S = 0.5
 WHY_CHECK_EVERY_S = 3.0
+POLLED_WITHIN_S = 75.0
+"""A worker whose last poll is older is gone (measured: a live one's is at most 56 s old)."""
 
 _RETRYABLE_RPC = {
     RPCStatusCode.UNAVAILABLE,
@@ -254,8 +256,9 @@ class ChatSession:
         return "the worker's log says why"
 
     async def workers_poll(self, task_queue: str) -> bool:
-        """Whether a worker polled the task queue lately (the server forgets a worker
-        that is gone about a minute after its last poll: docs/chat.md)."""
+        """Whether a worker polls the task queue. The server lists a worker that is gone
+        for 5 minutes, with the time of its last poll; a live worker's newest poll is at
+        most a minute old (it long-polls), so an older one means it is gone (docs/chat.md)."""
         queue = await self.client.workflow_service.describe_task_queue(
             DescribeTaskQueueRequest(
                 namespace=self.client.namespace,
@@ -263,7 +266,10 @@ class ChatSession:
                 task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
             )
         )
-        return bool(queue.pollers)
+        now = time.time()
+        return any(
+            now - poller.last_access_time.ToSeconds() < POLLED_WITHIN_S for poller in queue.pollers
+        )
 
     async def _waiting_calls(self, update_id: str) -> list[PendingApproval]:
         """The calls of the turn `update_id` that wait for a decision."""

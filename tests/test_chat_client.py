@@ -16,13 +16,15 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, chat_client, say, start_session, until
+from conftest import ROOT, chat_client, history_events, say, start_session, until
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle
 
 from activities import AgentActivities, Faults
+from codec import new_key
 from llm_client import LlmSettings
 from tools import demo_weather
-from worker import WorkerProcess, build_worker
+from worker import WorkerProcess, build_worker, connect
 from workflow import MAX_MESSAGE_CHARS, DurableAgentWorkflow
 
 SpawnWorker = Callable[..., Awaitable[WorkerProcess]]
@@ -327,3 +329,44 @@ async def test_approval_commands_say_one_clean_sentence(
     assert embedded.returncode == 2
     assert "error: --embedded runs a server that lives in memory" in embedded.stderr
     assert "Traceback" not in nothing.stderr + nosuch.stderr + no_worker.stderr + embedded.stderr
+
+
+async def test_a_message_refused_while_only_a_wrong_key_worker_runs_is_kept_and_answered_once(
+    client: Client, task_queue: str, activities: AgentActivities
+):
+    address = client.service_client.config.target_host
+    ours = {"ENCRYPTION_KEYS": new_key("ours"), "ENCRYPTION_KEY_ID": "ours"}
+    theirs = {"ENCRYPTION_KEYS": new_key("theirs"), "ENCRYPTION_KEY_ID": "theirs"}
+    with_our_key, with_their_key = (
+        await connect(address, env=ours),
+        await connect(address, env=theirs),
+    )
+    session = f"keys-{task_queue}"
+    chat = None
+    try:
+        async with build_worker(with_their_key, task_queue, activities):
+            chat = await Script.start(
+                *where(client, task_queue),
+                "--session",
+                session,
+                "--message",
+                "What is 6 * 7?",
+                env=ours,
+            )
+            # The server refuses the update once the workflow task has failed a few times.
+            await chat.says("Your message is kept and resent every 2 s", timeout_s=60)
+        async with build_worker(with_our_key, task_queue, activities):
+            code, stdout = await chat.result(timeout_s=90)
+            handle = with_our_key.get_workflow_handle(session)
+            transcript = await handle.query(DurableAgentWorkflow.conversation)
+    finally:
+        if chat is not None:
+            chat.stop()
+
+    assert code == 0, chat.stderr
+    assert stdout == "6 * 7 = 42\n"
+    assert "the workers fail this conversation's workflow task" in chat.stderr
+    assert "with key 'theirs', which is not in ENCRYPTION_KEYS" in chat.stderr
+    events = [event.event_type for event in await history_events(handle)]
+    assert events.count(EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED) == 1
+    assert [m.content for m in transcript.messages if m.role == "user"] == ["What is 6 * 7?"]
