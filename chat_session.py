@@ -213,9 +213,15 @@ class ChatSession:
         return why
 
     async def why_waiting(self) -> str:
-        """What keeps the reply, as Temporal knows it; "" if nothing seems wrong."""
+        """What keeps the reply, as Temporal knows it; "" if nothing seems wrong. No worker
+        comes first: a dead worker's activity also fails (a heartbeat timeout) meanwhile."""
         try:
             description = (await self.handle.describe()).raw_description
+            queue = description.execution_config.task_queue.name
+            if not await self.workers_poll(queue):
+                return (
+                    f"no worker polls task queue {queue}: start one with {_worker_command(queue)}"
+                )
             for pending in description.pending_activities:
                 if pending.attempt > 1 and pending.last_failure.message:
                     what = _ACTIVITIES.get(pending.activity_type.name, pending.activity_type.name)
@@ -228,11 +234,6 @@ class ChatSession:
                 failed = _times(task.attempt - 1)
                 why = await self._last_task_failure()
                 return f"the workers fail this conversation's workflow task ({failed}): {why}"
-            queue = description.execution_config.task_queue.name
-            if not await self.workers_poll(queue):
-                return (
-                    f"no worker polls task queue {queue}: start one with {_worker_command(queue)}"
-                )
         except RPCError:
             return ""  # Temporal itself does not answer: the request's own error says so.
         return ""
