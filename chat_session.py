@@ -253,7 +253,7 @@ class ChatSession:
                 try:  # A worker that encrypts sends its failures encrypted too.
                     return str(await self.client.data_converter.decode_failure(failure))
                 except Exception as err:
-                    return f"its error cannot be read here ({err})"
+                    return f"a worker with other ENCRYPTION_KEYS? Its error does not decode: {err}"
         return "the worker's log says why"
 
     async def workers_poll(self, task_queue: str) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import readline  # noqa: F401 - input() reads through it: whole lines, editing, history
 import signal
 import sys
@@ -81,15 +82,22 @@ def leaving_line(session: ChatSession, embedded: bool) -> str:
 
 
 def leave_on_ctrl_c(session: ChatSession, embedded: bool, terminal: Terminal | None) -> None:
-    """Ctrl-C: say how to come back and exit at once. Nothing runs after it (no late line
-    of a turn, no read of what the user types next at the shell): the turn, if any, goes on
-    in Temporal."""
+    """Ctrl-C: say how to come back and exit at once. Nothing is printed after it (no late
+    line of a turn) and nothing the user types next at the shell is read here: the turn, if
+    any, goes on in Temporal. An embedded server is stopped first, out of sight."""
+    main = asyncio.current_task()
 
     def leave() -> None:
         if terminal is not None:
             terminal.restore()
-        print(f"\n{leaving_line(session, embedded)}", file=sys.stderr)
-        worker.exit_process(130)
+        print(f"\n{leaving_line(session, embedded)}", file=sys.stderr, flush=True)
+        if not embedded or main is None:
+            worker.exit_process(130)
+        # Unwind, so that the embedded server and worker shut down, with nothing shown.
+        silence = os.open(os.devnull, os.O_RDWR)
+        for stream in (1, 2):
+            os.dup2(silence, stream)
+        main.cancel()
 
     asyncio.get_running_loop().add_signal_handler(signal.SIGINT, leave)
 

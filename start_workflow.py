@@ -203,6 +203,8 @@ async def main() -> int:
 if __name__ == "__main__":
     try:
         code = asyncio.run(main())
+    except asyncio.CancelledError:  # Ctrl-C with an embedded server, which has now stopped
+        code = 130
     except KeyboardInterrupt:
         print("\nLeft.", file=sys.stderr)  # Before a session existed: nothing to resume.
         code = 130

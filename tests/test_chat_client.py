@@ -8,6 +8,7 @@ import fcntl
 import os
 import pty
 import re
+import signal
 import subprocess
 import sys
 import termios
@@ -342,7 +343,7 @@ async def test_a_message_refused_while_only_a_wrong_key_worker_runs_is_kept_and_
         await connect(address, env=theirs),
     )
     session = f"keys-{task_queue}"
-    chat = None
+    chat = gives_up = None
     try:
         async with build_worker(with_their_key, task_queue, activities):
             chat = await Script.start(
@@ -353,20 +354,42 @@ async def test_a_message_refused_while_only_a_wrong_key_worker_runs_is_kept_and_
                 "What is 6 * 7?",
                 env=ours,
             )
+            gives_up = await Script.start(
+                *where(client, task_queue),
+                "--session",
+                session,
+                "--message",
+                "What's 1 + 1?",
+                env=ours,
+            )
             # The server refuses the update once the workflow task has failed a few times.
             await chat.says("Your message is kept and resent every 2 s", timeout_s=60)
+            await gives_up.says("Your message is kept and resent every 2 s", timeout_s=30)
+            gives_up.process.send_signal(signal.SIGINT)  # Ctrl-C
+            gave_up, _ = await gives_up.result()
         async with build_worker(with_our_key, task_queue, activities):
             code, stdout = await chat.result(timeout_s=90)
             handle = with_our_key.get_workflow_handle(session)
             transcript = await handle.query(DurableAgentWorkflow.conversation)
     finally:
-        if chat is not None:
-            chat.stop()
+        for script in (chat, gives_up):
+            if script is not None:
+                script.stop()
 
     assert code == 0, chat.stderr
     assert stdout == "6 * 7 = 42\n"
     assert "the workers fail this conversation's workflow task" in chat.stderr
+    assert "a worker with other ENCRYPTION_KEYS? Its error does not decode: a payload is " in (
+        chat.stderr
+    )
     assert "with key 'theirs', which is not in ENCRYPTION_KEYS" in chat.stderr
+    assert gave_up == 130
+    assert gives_up.stderr.endswith(
+        f"Left the chat; the conversation is kept: resume it with --session {session}.\n"
+        "Your last message was not delivered (Temporal refused it: no worker could run the "
+        "conversation). Send it again with:\n"
+        f"  uv run start_workflow.py --session {session} --message 'What'\"'\"'s 1 + 1?'\n"
+    )
     events = [event.event_type for event in await history_events(handle)]
     assert events.count(EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED) == 1
     assert [m.content for m in transcript.messages if m.role == "user"] == ["What is 6 * 7?"]
