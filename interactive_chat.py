@@ -119,10 +119,12 @@ async def chat(
             for message in last:
                 print(f"{'you' if message.role == 'user' else 'agent'}> {message.content}")
         await _converse(session, terminal, ask, view, embedded)
-    except AwaitingApproval:
+    except AwaitingApproval:  # Ctrl-D at `approve? [y/N]`
+        print()
         print(
             "(The call keeps waiting; decide it later with --approve or --deny.)", file=sys.stderr
         )
+        print(leaving_line(session, embedded), file=sys.stderr)
 
 
 async def _converse(
