@@ -121,9 +121,11 @@ async def chat(
         await _converse(session, terminal, ask, view, embedded)
     except AwaitingApproval:  # Ctrl-D at `approve? [y/N]`
         print()
-        print(
-            "(The call keeps waiting; decide it later with --approve or --deny.)", file=sys.stderr
-        )
+        if not embedded:
+            print(
+                "(The call keeps waiting; decide it later with --approve or --deny.)",
+                file=sys.stderr,
+            )
         print(leaving_line(session, embedded), file=sys.stderr)
 
 
