@@ -5,9 +5,9 @@ the client can crash or be stopped, and `--session ID` picks up where it was. Ea
 carries an update id of its own, so resending it (Temporal unreachable, or refusing the
 update while no worker can run the workflow task) never makes the agent answer it twice.
 
-While the reply is slow, the session says why, from what Temporal knows: a pending
-activity's attempt and last failure, a workflow task that keeps failing, or no worker
-polling the task queue (docs/chat.md).
+While the reply is slow, the session says why, from what Temporal knows
+(`waiting_reasons.py`): no worker polling the task queue, a pending activity's attempt and
+last failure, or a workflow task that keeps failing (docs/chat.md).
 """
 
 from __future__ import annotations
@@ -21,13 +21,6 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from temporalio.api.common.v1 import WorkflowExecution
-from temporalio.api.enums.v1 import EventType, TaskQueueType
-from temporalio.api.taskqueue.v1 import TaskQueue
-from temporalio.api.workflowservice.v1 import (
-    DescribeTaskQueueRequest,
-    GetWorkflowExecutionHistoryReverseRequest,
-)
 from temporalio.client import (
     Client,
     WorkflowExecutionStatus,
@@ -44,7 +37,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from approval_prompts import Approver, decide
 from contract import Message, PendingApproval, SessionInput, Transcript
 from stream_view import TurnView
-from worker import DEFAULT_TASK_QUEUE
+from waiting_reasons import why_waiting, worker_command, workers_poll
 from workflow import DurableAgentWorkflow
 
 T = TypeVar("T")
@@ -53,8 +46,6 @@ WAITING_NOTICE_AFTER_S = 5.0
 RETRY_EVERY_S = 2.0
 APPROVAL_CHECK_EVERY_S = 0.5
 WHY_CHECK_EVERY_S = 3.0
-POLLED_WITHIN_S = 75.0
-"""A worker whose last poll is older is gone (measured: a live one's is at most 56 s old)."""
 
 _RETRYABLE_RPC = {
     RPCStatusCode.UNAVAILABLE,
@@ -65,7 +56,6 @@ _RETRYABLE_RPC = {
 _TASK_FAILING = "Workflow Task in failed state"
 """The server refuses updates once the workflow task has failed a few times in a row
 (measured: about 20 s, at its third attempt): no worker can run it, whatever the cause."""
-_ACTIVITIES = {"plan_next_action": "the model call", "execute_tool": "a tool call"}
 
 
 class ChatError(Exception):
@@ -169,7 +159,7 @@ class ChatSession:
                     now = time.monotonic()
                     if now - started > WAITING_NOTICE_AFTER_S and now - checked > WHY_CHECK_EVERY_S:
                         checked = now
-                        said = self._say_once(said, await self.why_waiting())
+                        said = self._say_once(said, await why_waiting(self.client, self.handle))
                     waiting = [
                         p for p in await self._waiting_calls(update_id) if p.call_id not in asked
                     ]
@@ -186,7 +176,10 @@ class ChatSession:
                     cause.message if isinstance(cause, FailureError) else str(err)
                 ) from None
             except _Refused:
-                why = await self.why_waiting() or "Temporal refuses new messages for now"
+                why = (
+                    await why_waiting(self.client, self.handle)
+                    or "Temporal refuses new messages for now"
+                )
                 said = self._say_once(
                     said,
                     f"{why}. Your message is kept and resent every {RETRY_EVERY_S:g} s "
@@ -211,66 +204,6 @@ class ChatSession:
         if why != said:
             print(f"({why}; Ctrl-C leaves the conversation safe.)", file=sys.stderr, flush=True)
         return why
-
-    async def why_waiting(self) -> str:
-        """What keeps the reply, as Temporal knows it; "" if nothing seems wrong. No worker
-        comes first: a dead worker's activity also fails (a heartbeat timeout) meanwhile."""
-        try:
-            description = (await self.handle.describe()).raw_description
-            queue = description.execution_config.task_queue.name
-            if not await self.workers_poll(queue):
-                return (
-                    f"no worker polls task queue {queue}: start one with {_worker_command(queue)}"
-                )
-            for pending in description.pending_activities:
-                if pending.attempt > 1 and pending.last_failure.message:
-                    what = _ACTIVITIES.get(pending.activity_type.name, pending.activity_type.name)
-                    return (
-                        f"{what} failed {_times(pending.attempt - 1)}, retrying: "
-                        f"{pending.last_failure.message}"
-                    )
-            task = description.pending_workflow_task
-            if description.HasField("pending_workflow_task") and task.attempt > 1:
-                failed = _times(task.attempt - 1)
-                why = await self._last_task_failure()
-                return f"the workers fail this conversation's workflow task ({failed}): {why}"
-        except RPCError:
-            return ""  # Temporal itself does not answer: the request's own error says so.
-        return ""
-
-    async def _last_task_failure(self) -> str:
-        """Why the latest workflow task failed, from the newest events of the history."""
-        history = await self.client.workflow_service.get_workflow_execution_history_reverse(
-            GetWorkflowExecutionHistoryReverseRequest(
-                namespace=self.client.namespace,
-                execution=WorkflowExecution(workflow_id=self.id),
-                maximum_page_size=20,
-            )
-        )
-        for event in history.history.events:
-            if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED:
-                failure = event.workflow_task_failed_event_attributes.failure
-                try:  # A worker that encrypts sends its failures encrypted too.
-                    return str(await self.client.data_converter.decode_failure(failure))
-                except Exception as err:
-                    return f"a worker with other ENCRYPTION_KEYS? Its error does not decode: {err}"
-        return "the worker's log says why"
-
-    async def workers_poll(self, task_queue: str) -> bool:
-        """Whether a worker polls the task queue. The server lists a worker that is gone
-        for 5 minutes, with the time of its last poll; a live worker's newest poll is at
-        most a minute old (it long-polls), so an older one means it is gone (docs/chat.md)."""
-        queue = await self.client.workflow_service.describe_task_queue(
-            DescribeTaskQueueRequest(
-                namespace=self.client.namespace,
-                task_queue=TaskQueue(name=task_queue),
-                task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
-            )
-        )
-        now = time.time()
-        return any(
-            now - poller.last_access_time.ToSeconds() < POLLED_WITHIN_S for poller in queue.pollers
-        )
 
     async def _waiting_calls(self, update_id: str) -> list[PendingApproval]:
         """The calls of the turn `update_id` that wait for a decision."""
@@ -309,10 +242,10 @@ class ChatSession:
         queue = description.task_queue
         no_worker = (
             f"No worker is running for session {self.id} (task queue {queue}), so nothing can"
-            f" be decided now: start one with {_worker_command(queue)}, then run this command"
+            f" be decided now: start one with {worker_command(queue)}, then run this command"
             " again."
         )
-        if not await self.workers_poll(queue):
+        if not await workers_poll(self.client, queue):
             raise ChatError(no_worker)
         try:
             pending = await self.handle.query(
@@ -368,15 +301,6 @@ class ChatSession:
             "Your last message was not delivered (Temporal refused it: no worker could run "
             f"the conversation). Send it again with:\n  {command}{shlex.quote(self.undelivered)}"
         )
-
-
-def _worker_command(task_queue: str) -> str:
-    flag = "" if task_queue == DEFAULT_TASK_QUEUE else f" --task-queue {task_queue}"
-    return f"`uv run worker.py{flag}`"
-
-
-def _times(count: int) -> str:
-    return "once" if count == 1 else f"{count} times"
 
 
 def _nothing_waits(session: str, call_id: str | None, pending: list[PendingApproval]) -> str:
