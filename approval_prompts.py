@@ -16,6 +16,7 @@ from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.exceptions import FailureError
 
 from contract import PendingApproval, ToolDecision
+from stream_view import readable
 from workflow import DurableAgentWorkflow
 
 
@@ -47,19 +48,19 @@ async def decide(
 
 
 def describe(call: PendingApproval) -> str:
-    return f"{call.tool} {call.arguments} (call {call.call_id})"
+    return f"{call.tool} {readable(call.arguments)} (call {call.call_id})"
 
 
-def asking_on(lines: asyncio.Queue[str | None]) -> Approver:
-    """Ask the person at the terminal about each waiting call, one after the other."""
+def asking_on(read_line: Callable[[str], Awaitable[str | None]]) -> Approver:
+    """Ask the person at the terminal about each waiting call, one after the other;
+    `read_line(prompt)` shows the prompt and returns the answer (None: end of input)."""
 
     async def ask(
         handle: WorkflowHandle, waiting: list[PendingApproval], reply: asyncio.Future[str]
     ) -> None:
         for call in waiting:
-            print(f"agent wants to run {call.tool} {call.arguments}")
-            print("approve? [y/N] ", end="", flush=True)
-            line = asyncio.ensure_future(lines.get())
+            print(f"agent wants to run {call.tool} {readable(call.arguments)}", flush=True)
+            line = asyncio.ensure_future(read_line("approve? [y/N] "))
             await asyncio.wait({line, reply}, return_when=asyncio.FIRST_COMPLETED)
             if not line.done():  # The turn ended first: the call expired or was decided.
                 line.cancel()

@@ -230,20 +230,34 @@ async def check_readable(client: Client, workflow_id: str) -> None:
         if err.status == RPCStatusCode.NOT_FOUND:
             return
         raise
-    if not inputs or inputs[0].metadata.get("encoding") != ENCODING:
+    if not inputs or (why := why_not_decrypted(client, inputs[0])) is None:
         return
-    codec = client.data_converter.payload_codec
-    if not isinstance(codec, EncryptionCodec):
+    if why == NO_KEY:
         raise ConversationUnreadable(
             f"Conversation {workflow_id} is encrypted and this client has no key: set "
             "ENCRYPTION_KEYS and ENCRYPTION_KEY_ID as the worker has them."
         )
+    raise ConversationUnreadable(
+        f"Conversation {workflow_id} is encrypted and this client has the wrong key: {why}."
+    )
+
+
+NO_KEY = "this client has no key"
+
+
+def why_not_decrypted(client: Client, payload: Payload) -> str | None:
+    """Why `client` cannot decrypt `payload` (NO_KEY, or the wrong key's reason), or None
+    when it can, or the payload is not encrypted."""
+    if payload.metadata.get("encoding") != ENCODING:
+        return None
+    codec = client.data_converter.payload_codec
+    if not isinstance(codec, EncryptionCodec):
+        return NO_KEY
     try:
-        codec._decrypt(inputs[0])
+        codec._decrypt(payload)
     except DecryptionError as err:
-        raise ConversationUnreadable(
-            f"Conversation {workflow_id} is encrypted and this client has the wrong key: {err}."
-        ) from None
+        return str(err)
+    return None
 
 
 def unreadable(err: Exception) -> ConversationUnreadable | None:

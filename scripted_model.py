@@ -10,6 +10,7 @@ matcher, not a language model.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import re
 import textwrap
@@ -182,7 +183,7 @@ def weather_program(cities: list[str]) -> str:
     return (
         f"cities = {json.dumps(cities)}\n"
         "reports = parallel([weather(city=city) for city in cities])\n"
-        '"; ".join(reports)'
+        '" ".join(reports)'
     )
 
 
@@ -305,4 +306,13 @@ def _summarise_tool_results(messages: list[dict[str, Any]]) -> str:
             lines.append(f"{expression} = {result}")
         else:
             lines.append(result)
-    return "; ".join(lines)
+    return _join(lines)
+
+
+def _join(answers: list[str]) -> str:
+    """One reply from several answers: after a sentence a space, else "; "
+    ("2 + 2 = 4; 3 * 3 = 9", "[demo data] Oslo: 3°C, rain. [demo data] Lima: …")."""
+    reply = answers[0] if answers else ""
+    for previous, answer in itertools.pairwise(answers):
+        reply += (" " if previous.rstrip().endswith((".", "!", "?")) else "; ") + answer
+    return reply

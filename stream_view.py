@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sys
 from typing import Any, TextIO
 
@@ -24,6 +25,8 @@ EVENTS: dict[str, type] = {
     "tool": ToolEvent,
     "turn": TurnEvent,
 }
+SAID_ELSEWHERE = {"delegate"}
+"""Calls the client announces itself, when they start (a subagent's id: chat_session.py)."""
 CATCH_UP_S = 1.0
 """After the reply, how long the stream may take to deliver the turn's last events."""
 
@@ -88,10 +91,11 @@ class TurnView:
             self._end_line()
             self._text = ""
             self._note(f"(the model call is retried, attempt {event.attempt}: text so far dropped)")
-        else:
+        elif event.state == "finished" and event.name not in SAID_ELSEWHERE:
+            # One line per call, once it has an outcome: a call that waits says so in its
+            # approval prompt, and one that runs long in the client's waiting notice.
             self._end_line()
-            outcome = "..." if event.state == "started" else f"-> {event.outcome}"
-            self._note(f"  [tool] {event.name} {event.arguments} {outcome}")
+            self._note(f"  [tool] {event.name} {readable(event.arguments)} -> {event.outcome}")
 
     def _end_line(self) -> None:
         if self._line_open:
@@ -104,3 +108,12 @@ class TurnView:
 
     def _note(self, text: str) -> None:
         print(text, file=sys.stderr, flush=True)
+
+
+def readable(arguments: str) -> str:
+    """A call's JSON arguments with their text as it is (`Zürich`, not `Z\\u00fcrich`);
+    arguments that are not JSON, as the model wrote them."""
+    try:
+        return json.dumps(json.loads(arguments), ensure_ascii=False)
+    except ValueError:
+        return arguments

@@ -123,6 +123,7 @@ async def test_embedded_mode_answers_with_no_server_running(tmp_path: Path):
     assert result.stdout == "25 * 4 = 100\n"  # stdout carries replies only
     # The embedded server's own log (a "Cluster Id" warning at every start) goes to its file.
     assert "level=" not in result.stderr and "Temporal Server:" not in result.stderr
+    assert "--session" not in result.stderr  # its server dies with it: nothing to resume
 
 
 async def test_embedded_script_says_a_waiting_call_cannot_be_approved_after_it_exits():

@@ -24,8 +24,8 @@ from conftest import (
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
-import start_workflow
 from approval_prompts import report_and_stop
+from chat_session import ChatSession
 from worker import connect
 from workflow import DurableAgentWorkflow
 
@@ -113,7 +113,7 @@ async def test_server_killed_and_restarted_the_conversation_goes_on(
 
         server.kill()
         # The client keeps trying while the server is down, with the same update id.
-        turn = start_workflow.send(handle, "What is 2 + 2?", report_and_stop)
+        turn = ChatSession(client, handle.id).send("What is 2 + 2?", report_and_stop)
         reply = asyncio.create_task(turn)
         await asyncio.sleep(3)
         await server.start()

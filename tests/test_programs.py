@@ -42,7 +42,7 @@ from worker import build_worker
 SpawnWorker = Callable[..., Awaitable[WorkerProcess]]
 THREE_CITIES = "What is the weather in Oslo, Rome and Paris?"
 MANY_CITIES = ["Oslo", "Rome", "Paris", "Lima", "Cairo", "Tokyo", "Delhi", "Quito"]
-THREE_REPORTS = "; ".join(demo_weather(city) for city in ("Oslo", "Rome", "Paris"))
+THREE_REPORTS = " ".join(demo_weather(city) for city in ("Oslo", "Rome", "Paris"))
 
 
 async def tool_calls_run(handle: WorkflowHandle) -> list[tuple[str, str, str]]:
@@ -71,7 +71,7 @@ async def test_a_loop_in_a_program_runs_each_call_as_its_own_execute_tool_activi
 
     reply = await say(session, f"program: {program}")
 
-    assert reply == THREE_REPORTS.replace("; ", "\n")
+    assert reply == "\n".join(demo_weather(city) for city in ("Oslo", "Rome", "Paris"))
     assert await scheduled_activities(session) == [
         "plan_next_action",
         *["execute_tool"] * 3,  # no activity for the program itself: the workflow ran it
