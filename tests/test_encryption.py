@@ -367,6 +367,24 @@ async def test_a_client_without_the_keys_says_so_in_one_line_and_leaks_nothing(
     assert await plaintext_events(temporal, conversation.workflow_id) == []
 
 
+async def test_a_client_without_the_keys_cannot_talk_to_an_encrypting_worker_either(
+    temporal: WorkflowEnvironment, encrypted_conversation: EncryptedConversation
+):
+    # A new session: nothing to check first; the worker refuses the message, and the
+    # client cannot read why (the refusal is encrypted), which is why it says so.
+    code, stdout, stderr = await chat_client(
+        *("--address", address(temporal), "--task-queue", encrypted_conversation.task_queue),
+        *("--message", "What is 1 + 1?"),
+        env={"ENCRYPTION_KEYS": "", "ENCRYPTION_KEY_ID": ""},
+    )
+
+    assert (code, stdout) == (1, "")
+    assert stderr.splitlines()[-1] == (
+        "error: The worker encrypts and this client cannot read its answer: it has no key "
+        "or the wrong one. Set ENCRYPTION_KEYS and ENCRYPTION_KEY_ID as the worker has them."
+    )
+
+
 async def test_the_worker_rejects_an_update_it_cannot_decrypt_and_it_leaves_no_trace(
     temporal: WorkflowEnvironment, encrypted_conversation: EncryptedConversation
 ):
