@@ -261,10 +261,15 @@ def why_not_decrypted(client: Client, payload: Payload) -> str | None:
 
 
 def unreadable(err: Exception) -> ConversationUnreadable | None:
-    """What a failure to read a result means, if it is that this client has no key
-    (the SDK's converter knows no "binary/encrypted") or not the right one."""
+    """What an error means, if it is that this client has no key (the SDK's converter
+    knows no "binary/encrypted") or not the right one; None if it is something else."""
     if isinstance(err, ConversationUnreadable):
         return err
+    if str(err) == "Encoded failure":  # the SDK's stand-in for a message it cannot decode
+        return ConversationUnreadable(
+            "The worker encrypts and this client cannot read its answer: it has no key or "
+            "the wrong one. Set ENCRYPTION_KEYS and ENCRYPTION_KEY_ID as the worker has them."
+        )
     if isinstance(err, DecryptionError):
         return ConversationUnreadable(f"This client has the wrong key: {err}.")
     if isinstance(err, KeyError) and ENCODING.decode() in str(err):

@@ -200,7 +200,7 @@ async def main() -> int:
             await codec.check_readable(client, args.session)
         return await run(args, client)
     except (ChatError, worker.TemporalUnreachable, NoTemporalBinary, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {codec.unreadable(err) or err}", file=sys.stderr)
         return 1
     except (codec.ConversationUnreadable, KeyError, codec.DecryptionError) as err:
         # The check above, or a result that does not decrypt: one line, no traceback.

@@ -27,7 +27,7 @@ from conftest import ROOT, approvals_waiting, decide, history_events, say, start
 from google.protobuf import json_format
 from temporalio import activity
 from temporalio.api.common.v1 import Payload, Payloads
-from temporalio.client import WorkflowUpdateFailedError
+from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import PayloadConverter
 from temporalio.exceptions import ApplicationError
@@ -193,8 +193,7 @@ async def encrypted_chat(
     """A note (approved by a person), a failed turn and a goodbye, through a client and an
     in-process worker that connect as the product does (`worker.connect`) with the
     encryption variables set."""
-    with mock.patch.dict(os.environ, ENCRYPTION_ENV):
-        client = await connect(address(temporal))
+    client = await keyed_client(temporal)
     task_queue = f"test-{uuid.uuid4()}"
     notes = tmp_path_factory.mktemp("encrypted") / "notes.jsonl"
     activities = ActivitiesThatFailOnRequest(LlmSettings(), notes)
@@ -216,6 +215,13 @@ async def encrypted_chat(
 
 def address(temporal: WorkflowEnvironment) -> str:
     return temporal.client.service_client.config.target_host
+
+
+async def keyed_client(temporal: WorkflowEnvironment, keys: dict[str, str] | None = None) -> Client:
+    """A client that connects as the product does (`worker.connect`), with the encryption
+    variables set: ENCRYPTION_ENV's, or these over them."""
+    with mock.patch.dict(os.environ, {**ENCRYPTION_ENV, **(keys or {})}):
+        return await connect(address(temporal))
 
 
 async def test_with_encryption_on_the_user_sees_the_chat_as_usual(encrypted_chat: EncryptedChat):
@@ -298,8 +304,7 @@ async def encrypted_conversation(
 ) -> AsyncIterator[EncryptedConversation]:
     """A conversation started and answered once with the keys, its worker still running:
     one that keeps no workflow in cache, so every task replays the updates before it."""
-    with mock.patch.dict(os.environ, ENCRYPTION_ENV):
-        client = await connect(address(temporal))
+    client = await keyed_client(temporal)
     task_queue = f"test-{uuid.uuid4()}"
     notes = tmp_path_factory.mktemp("keyless") / "notes.jsonl"
     activities = AgentActivities(LlmSettings(), notes)
@@ -369,16 +374,32 @@ async def test_a_client_without_the_keys_says_so_in_one_line_and_leaks_nothing(
     assert await plaintext_events(temporal, conversation.workflow_id) == []
 
 
+async def test_a_client_without_the_keys_cannot_talk_to_an_encrypting_worker_either(
+    temporal: WorkflowEnvironment, encrypted_conversation: EncryptedConversation
+):
+    # A new session: nothing to check first; the worker refuses the message, and the
+    # client cannot read why (the refusal is encrypted), which is why it says so.
+    code, stdout, stderr = await chat_client(
+        *("--address", address(temporal), "--task-queue", encrypted_conversation.task_queue),
+        *("--message", "What is 1 + 1?"),
+        env={"ENCRYPTION_KEYS": "", "ENCRYPTION_KEY_ID": ""},
+    )
+
+    assert (code, stdout) == (1, "")
+    assert stderr.splitlines()[-1] == (
+        "error: The worker encrypts and this client cannot read its answer: it has no key "
+        "or the wrong one. Set ENCRYPTION_KEYS and ENCRYPTION_KEY_ID as the worker has them."
+    )
+
+
 async def test_the_worker_rejects_an_update_it_cannot_decrypt_and_it_leaves_no_trace(
     temporal: WorkflowEnvironment, encrypted_conversation: EncryptedConversation
 ):
     # Clients that do not check first: the SDK's default converter (no keys), and one
     # whose key under the same id is another.
-    with mock.patch.dict(os.environ, {**ENCRYPTION_ENV, **WRONG_KEY_ENV}):
-        wrong_key = await connect(address(temporal))
+    wrong_key = await keyed_client(temporal, WRONG_KEY_ENV)
     conversation = encrypted_conversation.workflow_id
-    with mock.patch.dict(os.environ, ENCRYPTION_ENV):
-        keyed = (await connect(address(temporal))).get_workflow_handle(conversation)
+    keyed = (await keyed_client(temporal)).get_workflow_handle(conversation)
     before = len(await history_events(keyed))
 
     for client in (temporal.client, wrong_key):
