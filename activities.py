@@ -46,6 +46,7 @@ from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 import llm_client
 import workspace
 from contract import (
+    WORKSPACE_TOOLS,
     Plan,
     PlanRequest,
     ProgramPolicy,
@@ -233,7 +234,8 @@ class AgentActivities:
         )
         names = [schema["function"]["name"] for schema in offered]
         stamped = [self._stamped(call, names) for call in plan.tool_calls]
-        return dataclasses.replace(plan, tool_calls=stamped)
+        files = any(name in WORKSPACE_TOOLS for name in names)
+        return dataclasses.replace(plan, tool_calls=stamped, files_offered=files)
 
     async def _plan(
         self, llm: LlmSettings, request: PlanRequest, offered: list[dict[str, Any]]

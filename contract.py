@@ -259,6 +259,9 @@ class Plan:
     context_dropped: int = 0
     usage: Usage = field(default_factory=Usage)
     model: str = ""
+    files_offered: bool = False
+    """The workspace's file tools were offered with this call: a delegation it asks for
+    opens the workspace first, so the subagent works in its parent's files."""
 
 
 @dataclass(frozen=True)

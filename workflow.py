@@ -112,9 +112,6 @@ OPEN_WORKSPACE_OPTIONS = {
     "start_to_close_timeout": timedelta(seconds=30),
     "retry_policy": RetryPolicy(maximum_interval=timedelta(seconds=10)),
 }
-# Before a delegation the workspace is opened, so that the subagent works in its parent's.
-# Histories recorded before workspaces delegated without: replay them without opening one.
-OPENS_WORKSPACE_BEFORE_DELEGATING = "workspace-opened-before-delegating"
 
 # Subagents: a `delegate` call runs this same loop on a task, as a child workflow.
 DELEGATE_TOOL = "delegate"
@@ -187,6 +184,7 @@ class DurableAgentWorkflow:
         self._reports: list[asyncio.Task[None]] = []
         self._workspace = self._session.workspace
         self._opening_workspace = asyncio.Lock()
+        self._files_offered = False  # with the latest model call
 
     @workflow.run
     async def run(self, session: SessionInput | None = None) -> Transcript:
@@ -440,6 +438,7 @@ class DurableAgentWorkflow:
                 **PLAN_OPTIONS,
             )
             self._spent(plan.usage)
+            self._files_offered = plan.files_offered
             self._messages.append(Message("assistant", plan.reply, plan.tool_calls))
             if not plan.tool_calls:
                 self._ended = self._ended or plan.end_chat
@@ -603,8 +602,8 @@ class DurableAgentWorkflow:
             task, tools = _delegation(call.arguments)
         except ValueError as problem:
             return _tool_error(call, str(problem))
-        if workflow.patched(OPENS_WORKSPACE_BEFORE_DELEGATING):
-            await self._workspace_pin()  # The subagent works in this conversation's files.
+        if self._files_offered:  # The subagent works in this conversation's files.
+            await self._workspace_pin()
         child = Subagent(self._subagent_id(call), task, self._turn.update_id)
         self._subagents.append(child)
         try:
