@@ -1,4 +1,4 @@
-"""The worker: hosts the workflow and the two activities, and polls the task queue.
+"""The worker: hosts the workflow and the activities, and polls the task queue.
 
 Start as many as you like on one task queue; Temporal spreads the work between them,
 and when one dies another picks its tasks up. Everything configurable is read here,
