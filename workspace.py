@@ -159,17 +159,20 @@ class Workspace:
         return f"Wrote {path} ({len(data)} bytes)."
 
     @tool
-    def edit_file(self, path: str, old_text: str, new_text: str) -> str:
+    def edit_file(
+        self, path: str, old_text: Annotated[str, Field(min_length=1)], new_text: str
+    ) -> str:
         """Replace old_text, which must occur exactly once in the file, with new_text."""
         key = _call_key()
         with self._opened(path) as (directory, name):
             text = self._text(directory, name, path)
-            count = text.count(old_text) if old_text else 0
+            count = text.count(old_text)
+            # A retried call whose first attempt applied the edit (the worker died before
+            # it could answer) finds it in the journal, or, had the worker died before
+            # the journal was written, finds the new text instead of the old: it says so.
+            if _applied(directory, name, key) or (count == 0 and new_text in text):
+                return f"Already applied: {path} has the new text."
             if count != 1:
-                # A retried call whose first attempt applied the edit (the worker died
-                # before it could answer) finds the new text instead: it says so.
-                if _applied(directory, name, key) or (count == 0 and new_text in text):
-                    return f"Already applied: {path} has the new text."
                 where = "does not occur" if count == 0 else f"occurs {count} times"
                 raise ToolError(f"{path}: old_text {where}; it must occur exactly once")
             edited = text.replace(old_text, new_text).encode()
@@ -215,7 +218,8 @@ class Workspace:
         if not parts and not folder_itself:
             raise ToolError("give a file's path inside the workspace, like notes/todo.md")
         conversation = folder.get(None)
-        if conversation is None:
+        if not conversation or folder_name(conversation) != conversation:
+            # The workflow's, from the pin; never the model's. Checked all the same.
             raise ToolError("the file tools work only in a conversation's workspace")
         keep = parts if folder_itself else parts[:-1]
         name = "" if folder_itself else parts[-1]
@@ -271,9 +275,9 @@ class _Opened:
 def folder_name(conversation: str) -> str:
     """A conversation's folder: its workflow id where that is a safe name, else a safe
     name with a hash of the id (so two ids never share a folder); never a dot first."""
-    name = _SAFE_NAME.sub("_", conversation)[:120]
-    if name != conversation or name.startswith("."):
-        name = f"_{name}-{hashlib.sha256(conversation.encode()).hexdigest()[:12]}"
+    name = _SAFE_NAME.sub("_", conversation)
+    if name != conversation or name.startswith(".") or len(name) > 150:
+        name = f"_{name[:120]}-{hashlib.sha256(conversation.encode()).hexdigest()[:12]}"
     return name
 
 
