@@ -70,6 +70,7 @@ class Ran:
 
 
 async def activities_run(client: Client, handle: WorkflowHandle) -> list[Ran]:
+    """The activities of the run's history, in order, with the queue and the worker of each."""
     events = await history_events(handle)
     started = {
         e.activity_task_started_event_attributes.scheduled_event_id: (
