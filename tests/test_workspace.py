@@ -308,3 +308,21 @@ async def test_a_retried_write_is_the_same_file_and_a_retried_edit_says_it_appli
     assert retried == "Already applied: f.txt has the new text."
     assert (tmp_path / pin.folder / "f.txt").read_text() == "a a b"
     assert await attempt("read_file", path="f.txt") == "a a b"
+
+
+async def test_with_shared_storage_every_worker_runs_file_calls_on_the_shared_queue(
+    client: Client, task_queue: str, tmp_path: Path
+):
+    shared = tmp_path / "nfs"
+    second = await connect(client.service_client.config.target_host)
+    _, running_a = machine(client, task_queue, shared, "worker-a", affinity=False)
+    _, running_b = machine(second, task_queue, shared, "worker-b", affinity=False)
+    async with running_a, running_b:
+        handle = await start_session(client, task_queue)
+        assert await say(handle, "write file s.md: shared") == "Wrote s.md (6 bytes)."
+        for _ in range(3):
+            assert await say(handle, "read file s.md") == "shared"
+
+    ran = await activities_run(client, handle)
+    assert {r.queue for r in ran} == {task_queue}
+    assert len([r for r in ran if r.tool in WORKSPACE_TOOLS]) == 4
