@@ -28,7 +28,7 @@ import socket
 import stat
 import uuid
 from collections.abc import Iterator, Mapping
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
@@ -212,8 +212,12 @@ class Workspace:
 
     # --- Path safety ---------------------------------------------------------------------
 
-    def _opened(self, path: str, *, create: bool = False, folder_itself: bool = False) -> _Opened:
-        """The folder that holds `path` (opened, no link followed) and the last name in it."""
+    @contextmanager
+    def _opened(
+        self, path: str, *, create: bool = False, folder_itself: bool = False
+    ) -> Iterator[tuple[int, str]]:
+        """The folder that holds `path`, open (no link followed), and the last name in it;
+        with `folder_itself`, the folder `path` names. Closed at the end of the `with`."""
         parts = _parts(path)
         if not parts and not folder_itself:
             raise ToolError("give a file's path inside the workspace, like notes/todo.md")
@@ -232,10 +236,9 @@ class Workspace:
                     with suppress(FileExistsError):  # A concurrent call made it first.
                         os.mkdir(part, dir_fd=fd)
                 fd = _descend(fd, part, path)
-        except BaseException:
+            yield fd, name
+        finally:
             os.close(fd)
-            raise
-        return _Opened(fd, name)
 
     def _check_room(self) -> None:
         with self._opened("", folder_itself=True) as (directory, _):
@@ -256,20 +259,6 @@ class Workspace:
         if text is None:
             raise ToolError(f"{path} is not text (binary content): refused")
         return text
-
-
-@dataclass
-class _Opened:
-    """An open folder and a name in it; closes the folder at the end of the `with`."""
-
-    fd: int
-    name: str
-
-    def __enter__(self) -> tuple[int, str]:
-        return self.fd, self.name
-
-    def __exit__(self, *_: object) -> None:
-        os.close(self.fd)
 
 
 def folder_name(conversation: str) -> str:
