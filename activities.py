@@ -1,4 +1,5 @@
-"""Managed side effects: the two activity types, `plan_next_action` and `execute_tool`.
+"""Managed side effects: the activity types, `plan_next_action` and `execute_tool` (and
+`open_workspace`, which says on which worker a conversation's files are: workspace.py).
 
 Primitive 2 of the paper. Everything that touches the world (the model provider, the
 notes file, the clock) happens here, inside an activity, where Temporal records the
@@ -43,7 +44,9 @@ from temporalio.contrib.workflow_streams import WorkflowStreamClient
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 import llm_client
+import workspace
 from contract import (
+    WORKSPACE_TOOLS,
     Plan,
     PlanRequest,
     ProgramPolicy,
@@ -51,11 +54,13 @@ from contract import (
     TextDelta,
     ToolCall,
     ToolResult,
+    WorkspacePin,
     truncated,
 )
 from llm_client import FALLBACK_AFTER_ATTEMPTS, LlmSettings, env_number
-from toolbox import ApprovalPolicy, Tool, ToolError, describe_tools
+from toolbox import ApprovalPolicy, Tool, ToolError, describe_tools, toolset
 from tools import registry
+from workspace import Workspace
 
 HEARTBEAT_EVERY_S = 1.0
 DELTA_BATCH = timedelta(milliseconds=100)
@@ -131,7 +136,7 @@ class Faults:
 
 
 class AgentActivities:
-    """The two activities, sharing the settings read once when the worker starts."""
+    """The activities, sharing the settings read once when the worker starts."""
 
     def __init__(
         self,
@@ -142,15 +147,21 @@ class AgentActivities:
         *,
         tools: Mapping[str, Tool] | None = None,
         trace_content: bool = False,
+        workspace: Workspace | None = None,
     ) -> None:
-        """`tools`: what the model is offered, by name (default: the built-in ones).
+        """`tools`: what the model is offered, by name (default: the built-in ones, and
+        the workspace's file tools if there is one). `workspace`: this worker's
+        WORKSPACE_ROOT (workspace.py), None for no file tools.
         `trace_content`: message text, tool arguments and results go into the spans too
         (OTEL_INCLUDE_CONTENT=1); otherwise spans carry names, counts and outcomes only."""
         self._llm = llm
         self._trace_content = trace_content
         self._faults = faults or Faults()
         self._notes_file = notes_file
-        self._tools = dict(tools) if tools is not None else registry(notes_file)
+        self.workspace = workspace
+        if tools is None:
+            tools = toolset(registry(notes_file).values(), workspace.tools() if workspace else [])
+        self._tools = dict(tools)
         self._approvals = approvals or ApprovalPolicy.declared(self._tools)
 
     def describe(self) -> str:
@@ -167,6 +178,8 @@ class AgentActivities:
                 "failed attempts of the model before, in turn)"
             )
         lines.append(f"Notes file: {self._notes_file}")
+        if self.workspace:
+            lines.append(self.workspace.describe())
         lines += [*describe_tools(self._tools), self._approvals.describe()]
         switches = self._faults.describe()
         lines += [f"Fault switch on: {line}" for line in switches] or ["Fault switches: none"]
@@ -221,7 +234,8 @@ class AgentActivities:
         )
         names = [schema["function"]["name"] for schema in offered]
         stamped = [self._stamped(call, names) for call in plan.tool_calls]
-        return dataclasses.replace(plan, tool_calls=stamped)
+        files = any(name in WORKSPACE_TOOLS for name in names)
+        return dataclasses.replace(plan, tool_calls=stamped, files_offered=files)
 
     async def _plan(
         self, llm: LlmSettings, request: PlanRequest, offered: list[dict[str, Any]]
@@ -265,6 +279,15 @@ class AgentActivities:
         )
 
     @activity.defn
+    async def open_workspace(self, conversation: str) -> WorkspacePin | None:
+        """Make the conversation's folder on this worker's disk, and say which task queue
+        reaches this worker: the workflow sends every file call of the conversation there.
+        None if this worker keeps no files (no WORKSPACE_ROOT)."""
+        if self.workspace is None:
+            return None
+        return await asyncio.to_thread(self.workspace.open, conversation)
+
+    @activity.defn
     async def execute_tool(self, call: ToolCall) -> ToolResult:
         """Run one tool call; expected failures become a result the model can act on."""
         # This attempt's span (the tracing plugin's) says which tool ran, and how it went.
@@ -297,6 +320,8 @@ class AgentActivities:
             raise ToolError(
                 f"the arguments are not valid JSON ({err.msg}): {call.arguments[:200]}"
             ) from err
+        if call.workspace is not None:  # A file tool: the workflow says whose folder.
+            workspace.folder.set(call.workspace)
         return await tool.call(arguments)  # It checks them against its schema first.
 
 

@@ -61,6 +61,27 @@ class ProgramPolicy:
     approval_timeout_s: float | None = None
 
 
+WORKSPACE_TOOLS = ("read_file", "write_file", "edit_file", "list_files", "search_files")
+"""The file tools (workspace.py): the workflow sends their calls to the worker whose disk
+holds the conversation's workspace, as its `WorkspacePin` says."""
+
+
+@dataclass(frozen=True)
+class WorkspacePin:
+    """Where a conversation's files are: the result of `open_workspace`, recorded in the
+    history, carried over at continue-as-new and handed to subagents (docs/workspace.md)."""
+
+    folder: str
+    """The conversation's folder in the worker's WORKSPACE_ROOT."""
+    queue: str | None
+    """The task queue of the worker whose disk holds it; None: any worker's (shared
+    storage, WORKSPACE_AFFINITY=0)."""
+    worker: str = ""
+    unavailable_after_s: float = 60.0
+    """How long a file call waits for that worker before the model reads "workspace
+    unavailable"."""
+
+
 @dataclass(frozen=True)
 class ToolCall:
     """A tool the model asked for. `arguments` is the model's raw JSON text, valid or not.
@@ -77,6 +98,9 @@ class ToolCall:
     """How long the call waits for a person's decision; None: as long as it takes."""
     program: ProgramPolicy | None = None
     """Set on a `run_program` call only: what the calls of its program may do."""
+    workspace: str | None = None
+    """Set by the workflow on a file tool call it sends to `execute_tool`: the folder of
+    the conversation's workspace it works in."""
 
 
 @dataclass(frozen=True)
@@ -235,6 +259,9 @@ class Plan:
     context_dropped: int = 0
     usage: Usage = field(default_factory=Usage)
     model: str = ""
+    files_offered: bool = False
+    """The workspace's file tools were offered with this call: a delegation it asks for
+    opens the workspace first, so the subagent works in its parent's files."""
 
 
 @dataclass(frozen=True)
@@ -268,6 +295,9 @@ class SessionInput:
     allow_programs: bool = True
     """Offer `run_program`: the model may write a program that calls the tools
     (docs/programs.md). Subagents inherit it. False: the model calls tools one by one."""
+    workspace: WorkspacePin | None = None
+    """Where the conversation's files are, once a file call (or a delegation) asked: its
+    parent's for a subagent, the previous run's after continue-as-new."""
 
     def check(self) -> None:
         """Raise InvalidSessionInput naming the first field whose value makes no sense."""

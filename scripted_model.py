@@ -46,6 +46,12 @@ _WARMEST = re.compile(
     re.IGNORECASE | re.DOTALL,
 )
 _CELSIUS = re.compile(r": (-?\d+)°C")
+# The workspace's file tools (workspace.py): "write file NAME: TEXT", "read file NAME",
+# "list files", "search files for TEXT". A name is anything up to the colon, in any script.
+_WRITE_FILE = re.compile(r"^\s*write file\s+(?P<path>[^:]+?)\s*:\s?(?P<text>.*)$", re.I | re.S)
+_READ_FILE = re.compile(r"^\s*read file\s+(?P<path>.+?)\s*$", re.IGNORECASE | re.DOTALL)
+_LIST_FILES = re.compile(r"^\s*list files\s*[.?!]?\s*$", re.IGNORECASE)
+_SEARCH_FILES = re.compile(r"^\s*search files for\s+(?P<text>.+?)\s*$", re.I | re.S)
 
 
 class ScriptedModel(CustomLLM):
@@ -150,6 +156,8 @@ def scripted_reply(
     step = len(messages)
     if use := _USE.match(text):
         return _call(step, [(use["tool"], use["arguments"] or "{}")])
+    if file_call := _file_call(text):
+        return _call(step, [file_call])
     if written := _PROGRAM.match(text):
         source = textwrap.dedent(written["source"].lstrip(" ").lstrip("\n"))
         return _call(step, [("run_program", {"source": source})])
@@ -175,6 +183,19 @@ def scripted_reply(
         "and 'bye'. "
         "Set LLM_MODEL in .env to talk to a real model."
     )
+
+
+def _file_call(text: str) -> tuple[str, dict[str, Any]] | None:
+    """The file tool call a message asks for, if it asks for one."""
+    if written := _WRITE_FILE.match(text):
+        return "write_file", {"path": written["path"], "content": written["text"]}
+    if read := _READ_FILE.match(text):
+        return "read_file", {"path": read["path"]}
+    if _LIST_FILES.match(text):
+        return "list_files", {}
+    if search := _SEARCH_FILES.match(text):
+        return "search_files", {"text": search["text"]}
+    return None
 
 
 def weather_program(cities: list[str]) -> str:

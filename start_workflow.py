@@ -78,7 +78,7 @@ async def embedded_temporal(task_queue: str) -> AsyncIterator[Client]:
         await deployment.make_current_if_first(client, version)  # on a fresh server, it is
         async with (
             worker.configured_activities() as activities,
-            worker.build_worker(client, task_queue, activities, deployment_config=version),
+            worker.serve(client, task_queue, activities, deployment_config=version),
         ):
             yield client
 

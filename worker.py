@@ -1,11 +1,13 @@
-"""The worker: hosts the workflow and the two activities, and polls the task queue.
+"""The worker: hosts the workflow and the activities, and polls the task queue.
 
 Start as many as you like on one task queue; Temporal spreads the work between them,
 and when one dies another picks its tasks up. Everything configurable is read here,
 once, at start: connection (the SDK's environment configuration: TEMPORAL_ADDRESS,
 TEMPORAL_NAMESPACE, TEMPORAL_API_KEY, TLS, profiles), task queue, deployment version
 (deployment.py), model, notes file, the tools (TOOL_MODULES, MCP_CONFIG) and which wait
-for approval, fault switches, encryption and traces (OTEL_*).
+for approval, the workspace (WORKSPACE_ROOT: workspace.py), fault switches, encryption and
+traces (OTEL_*). A worker with a workspace also polls a task queue of its own, where its
+conversations' file calls come (`serve`).
 
     uv run worker.py [--address HOST:PORT] [--task-queue NAME]
 """
@@ -119,11 +121,41 @@ def build_worker(
         client,
         task_queue=task_queue,
         workflows=[DurableAgentWorkflow],
-        activities=[activities.plan_next_action, activities.execute_tool],
+        activities=[
+            activities.plan_next_action,
+            activities.execute_tool,
+            activities.open_workspace,
+        ],
         graceful_shutdown_timeout=timedelta(seconds=5),
         sticky_queue_schedule_to_start_timeout=STICKY_TIMEOUT,
         **options,
     )
+
+
+@asynccontextmanager
+async def serve(
+    client: Client, task_queue: str, activities: AgentActivities, **options: Any
+) -> AsyncIterator[Worker]:
+    """Run the worker (`build_worker`) until the context ends and, if its workspace is
+    on its own disk, a second one on its own task queue: the file calls of the
+    conversations whose workspace it holds (workspace.py). Each queue counts against
+    the server's limit of task queues per deployment version (docs/workspace.md)."""
+    options.setdefault("deployment_config", deployment.deployment_config())
+    async with AsyncExitStack() as stack:
+        if activities.workspace and (own_queue := activities.workspace.queue):
+            own = {k: v for k, v in options.items() if k in ("deployment_config", "identity")}
+            await stack.enter_async_context(
+                Worker(
+                    client,
+                    task_queue=own_queue,
+                    activities=[activities.execute_tool],
+                    graceful_shutdown_timeout=timedelta(seconds=5),
+                    **own,
+                )
+            )
+        yield await stack.enter_async_context(
+            build_worker(client, task_queue, activities, **options)
+        )
 
 
 @asynccontextmanager
@@ -139,10 +171,13 @@ async def configured_activities(
     from function_tools import module_tools
     from toolbox import ApprovalPolicy, toolset
     from tools import registry
+    from workspace import Workspace
 
     env = os.environ if env is None else env
     notes_file = Path(env.get("NOTES_FILE") or DEFAULT_NOTES_FILE)
     builtin, modules = registry(notes_file).values(), module_tools(env.get("TOOL_MODULES", ""))
+    workspace = Workspace.from_env(env)
+    builtin = [*builtin, *(workspace.tools() if workspace else [])]
     toolset(builtin, modules)  # A clash stops the worker before any server starts.
 
     from activities import AgentActivities, Faults
@@ -170,7 +205,13 @@ async def configured_activities(
         approvals = ApprovalPolicy.from_env(env, tools)
         content = tracing.include_content(env)
         yield AgentActivities(
-            llm, notes_file, faults, approvals, tools=tools, trace_content=content
+            llm,
+            notes_file,
+            faults,
+            approvals,
+            tools=tools,
+            trace_content=content,
+            workspace=workspace,
         )
 
 
@@ -259,7 +300,7 @@ async def main() -> int:
         stop = asyncio.Event()
         for signum in (signal.SIGINT, signal.SIGTERM):
             asyncio.get_running_loop().add_signal_handler(signum, stop.set)
-        async with build_worker(client, task_queue, activities, deployment_config=version):
+        async with serve(client, task_queue, activities, deployment_config=version):
             # The PID: what a person kills to crash this worker and no other process.
             print(
                 f"Polling task queue '{task_queue}' (worker PID {os.getpid()}). Ctrl-C to stop; "

@@ -47,6 +47,7 @@ with workflow.unsafe.imports_passed_through():
     import program
     from budget import budget_problem, refusal, shares
     from contract import (
+        WORKSPACE_TOOLS,
         ApprovalEvent,
         Budget,
         DeltaTarget,
@@ -69,6 +70,7 @@ with workflow.unsafe.imports_passed_through():
         TurnUsage,
         Usage,
         UsageReport,
+        WorkspacePin,
         check_session_input,
         truncated,
     )
@@ -100,6 +102,15 @@ TOOL_OPTIONS = {
         backoff_coefficient=2.0,
         maximum_interval=timedelta(seconds=60),
     ),
+}
+
+# The workspace (docs/workspace.md): a small call on whichever worker takes it opens the
+# conversation's folder on that worker's disk and answers with the worker's own task queue;
+# the answer, in the history, pins every file call after it there. Each file call then
+# waits at most the pin's `unavailable_after_s` for that worker to take it.
+OPEN_WORKSPACE_OPTIONS = {
+    "start_to_close_timeout": timedelta(seconds=30),
+    "retry_policy": RetryPolicy(maximum_interval=timedelta(seconds=10)),
 }
 
 # Subagents: a `delegate` call runs this same loop on a task, as a child workflow.
@@ -171,6 +182,9 @@ class DurableAgentWorkflow:
         self._usage = self._session.usage
         self._last_turn = self._session.last_turn
         self._reports: list[asyncio.Task[None]] = []
+        self._workspace = self._session.workspace
+        self._opening_workspace = asyncio.Lock()
+        self._files_offered = False  # with the latest model call
 
     @workflow.run
     async def run(self, session: SessionInput | None = None) -> Transcript:
@@ -424,6 +438,7 @@ class DurableAgentWorkflow:
                 **PLAN_OPTIONS,
             )
             self._spent(plan.usage)
+            self._files_offered = plan.files_offered
             self._messages.append(Message("assistant", plan.reply, plan.tool_calls))
             if not plan.tool_calls:
                 self._ended = self._ended or plan.end_chat
@@ -479,6 +494,8 @@ class DurableAgentWorkflow:
             result = await self._delegate(call)
         elif call.name == PROGRAM_TOOL:
             result = await self._run_program(call)
+        elif call.name in WORKSPACE_TOOLS:
+            result = await self._file_tool(call)
         else:
             result = await workflow.execute_activity(
                 "execute_tool", call, result_type=ToolResult, **TOOL_OPTIONS
@@ -518,6 +535,52 @@ class DurableAgentWorkflow:
             return None
         return _not_run(call, f"the user denied it ({decision.reason or 'no reason given'})")
 
+    async def _file_tool(self, call: ToolCall) -> ToolResult:
+        """Run a file tool call where the conversation's files are: on the task queue of
+        the worker whose disk holds them, as the pin in the history says. If that worker
+        does not take the call in time, the model reads that the workspace is unavailable,
+        and the turn goes on."""
+        pin = await self._workspace_pin()
+        if pin is None:
+            return _tool_error(call, "no workspace: the agent's workers keep no files")
+        in_workspace = dataclasses.replace(call, workspace=pin.folder)
+        if pin.queue is None:  # Shared storage: any worker of the conversation's queue.
+            return await workflow.execute_activity(
+                "execute_tool", in_workspace, result_type=ToolResult, **TOOL_OPTIONS
+            )
+        try:
+            return await workflow.execute_activity(
+                "execute_tool",
+                in_workspace,
+                result_type=ToolResult,
+                task_queue=pin.queue,
+                schedule_to_start_timeout=timedelta(seconds=pin.unavailable_after_s),
+                **TOOL_OPTIONS,
+            )
+        except ActivityError as err:
+            if not isinstance(err.cause, ActivityTimeoutError):
+                raise
+            return _tool_error(
+                call,
+                f"workspace unavailable: worker {pin.worker}, which holds this "
+                f"conversation's files, did not take the call within "
+                f"{pin.unavailable_after_s:g} s; try again later",
+            )
+
+    async def _workspace_pin(self) -> WorkspacePin | None:
+        """Where the files are: carried in the session, or opened now by the first call
+        that needs it (calls at once wait for that one). None if the worker that took
+        the opening keeps no files; the next call asks again."""
+        async with self._opening_workspace:
+            if self._workspace is None:
+                self._workspace = await workflow.execute_activity(
+                    "open_workspace",
+                    workflow.info().workflow_id,
+                    result_type=WorkspacePin | None,  # type: ignore[arg-type]
+                    **OPEN_WORKSPACE_OPTIONS,
+                )
+        return self._workspace
+
     async def _answer_task(self, task: str) -> Transcript:
         """A subagent's whole run: one turn on its parent's task, then it ends. A failed
         turn fails the child workflow, so the parent's model reads why as a tool error."""
@@ -539,6 +602,8 @@ class DurableAgentWorkflow:
             task, tools = _delegation(call.arguments)
         except ValueError as problem:
             return _tool_error(call, str(problem))
+        if self._files_offered:  # The subagent works in this conversation's files.
+            await self._workspace_pin()
         child = Subagent(self._subagent_id(call), task, self._turn.update_id)
         self._subagents.append(child)
         try:
@@ -647,6 +712,7 @@ class DurableAgentWorkflow:
             budget=budget,
             usage=Usage(),
             last_turn=None,
+            workspace=self._workspace,
         )
 
     def _subagent_failure(self, child_id: str, err: Exception) -> str:
@@ -727,6 +793,7 @@ class DurableAgentWorkflow:
             budget=self._budget,
             usage=self._usage,
             last_turn=self._last_turn,
+            workspace=self._workspace,
         )
 
     def _transcript(self) -> Transcript:

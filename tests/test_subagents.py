@@ -326,7 +326,7 @@ async def test_a_subagent_gets_only_tools_its_parent_has_and_it_was_given(
     }
     # The scripted model asks for the calculator anyway; the subagent does not run it.
     refused = "The calculator tool failed. Error: calculator is not one of this agent's tools"
-    assert reply == f"{demo_weather('Oslo')}; {refused}"
+    assert reply == f"{demo_weather('Oslo')} {refused}"
     assert await scheduled_activities(client.get_workflow_handle(arithmetic.workflow_id)) == [
         "plan_next_action",
         "plan_next_action",
