@@ -53,7 +53,7 @@ import tracing
 import worker
 from approval_prompts import Approver, AwaitingApproval, asking_on, nobody_to_ask, report_and_stop
 from chat_session import ChatError, ChatSession, print_transcript
-from dev_server import NoTemporalBinary, port_is_free, start_dev_server
+from dev_server import LOG, NoTemporalBinary, port_is_free, start_dev_server
 from interactive_chat import Terminal, chat, leave_on_ctrl_c
 from stream_view import TurnView
 from usage_lines import print_usage, set_budget
@@ -70,7 +70,9 @@ async def embedded_temporal(task_queue: str) -> AsyncIterator[Client]:
     async with await start_dev_server(ui_port=UI_PORT if ui else None) as env:
         where = f"Web UI at http://localhost:{UI_PORT}" if ui else "Web UI off (port in use)"
         target = env.client.service_client.config.target_host
-        print(f"Embedded Temporal dev server at {target}; {where}.", file=sys.stderr)
+        print(
+            f"Embedded Temporal dev server at {target} (its log: {LOG}); {where}.", file=sys.stderr
+        )
         # The dev server's own client has the SDK's default data converter; connect as
         # every other process does, so encryption (if configured) applies here too.
         client = await worker.connect(target)
