@@ -446,7 +446,7 @@ class _Run:
             raise _Limit(f"the power would have more than {MAX_DIGITS} digits")
         if isinstance(op, ast.Mod) and isinstance(left, str):
             raise TypeError("% formatting is not supported; use an f-string")
-        return self.built(_OPERATORS[type(op)](left, right))
+        return self.built(ARITHMETIC[type(op)](left, right))
 
     async def _unaryop(self, node: ast.UnaryOp, scope: Scope) -> Any:
         operand = await self.evaluate(node.operand, scope)
@@ -852,7 +852,8 @@ def _methods_list() -> str:
     return "; ".join(f"{_KINDS[kind]}: {', '.join(names)}" for kind, names in METHODS.items())
 
 
-_OPERATORS: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
+# The calculator tool (tools.py) computes with the same table.
+ARITHMETIC: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
     ast.Add: operator.add,
     ast.Sub: operator.sub,
     ast.Mult: operator.mul,

@@ -25,6 +25,7 @@ from pydantic import Field
 from temporalio import activity
 
 from function_tools import function_tool, tool
+from program import ARITHMETIC
 from toolbox import Tool, ToolError, toolset
 
 try:
@@ -51,15 +52,6 @@ def registry(notes_file: Path) -> dict[str, Tool]:
 
 # --- calculator: a small AST walker, so no Python but arithmetic ever runs ------------
 
-_BINARY: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
-    ast.Add: operator.add,
-    ast.Sub: operator.sub,
-    ast.Mult: operator.mul,
-    ast.Div: operator.truediv,
-    ast.FloorDiv: operator.floordiv,
-    ast.Mod: operator.mod,
-    ast.Pow: operator.pow,
-}
 _UNARY: dict[type[ast.unaryop], Callable[[Any], Any]] = {
     ast.UAdd: operator.pos,
     ast.USub: operator.neg,
@@ -90,12 +82,12 @@ def _evaluate(node: ast.expr) -> int | float:
         return _checked(node.value, "a number in the expression")
     if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
         return _checked(_UNARY[type(node.op)](_evaluate(node.operand)))
-    if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
+    if isinstance(node, ast.BinOp) and type(node.op) in ARITHMETIC:
         left, right = _evaluate(node.left), _evaluate(node.right)
         if isinstance(node.op, ast.Pow):
             _check_power(left, right)
         try:
-            result = _BINARY[type(node.op)](left, right)
+            result = ARITHMETIC[type(node.op)](left, right)
         except ZeroDivisionError:
             raise ToolError("division by zero") from None
         except OverflowError:
