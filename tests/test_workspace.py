@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import WorkerProcess, history_events, say, start_session, until
+from conftest import WorkerProcess, activity_tasks, history_events, say, start_session, until
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import ActivityEnvironment
@@ -78,24 +78,13 @@ def holder_of(file_calls: list[Ran], machines: tuple[Machine, ...]) -> Machine:
 
 async def activities_run(client: Client, handle: WorkflowHandle) -> list[Ran]:
     """The activities of the run's history, in order, with the queue and the worker of each."""
-    events = await history_events(handle)
-    started = {
-        e.activity_task_started_event_attributes.scheduled_event_id: (
-            e.activity_task_started_event_attributes.identity
-        )
-        for e in events
-        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED
-    }
     ran = []
-    for event in events:
-        if event.event_type != EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
-            continue
-        scheduled = event.activity_task_scheduled_event_attributes
+    for scheduled, started in await activity_tasks(handle):
         kind, tool = scheduled.activity_type.name, ""
         if kind == "execute_tool":
             [call] = await client.data_converter.decode(scheduled.input.payloads, [ToolCall])
             tool = call.name
-        worker = started.get(event.event_id, "")
+        worker = started.identity if started else ""
         ran.append(Ran(kind, tool, scheduled.task_queue.name, worker))
     return ran
 
