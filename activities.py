@@ -307,7 +307,7 @@ class AgentActivities:
         (no folder named yet), in a folder made now on this worker's disk, with the pin
         that sends every file call after it here. Even if the call itself then fails:
         the folder is here."""
-        if self.workspace is None:  # The workflow has no pin: the next file call asks again.
+        if self.workspace is None:  # A first call pins nothing: the next one tries again.
             raise ToolError("no workspace: the agent's workers keep no files")
         if call.workspace is not None:
             return call, None
