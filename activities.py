@@ -1,5 +1,4 @@
-"""Managed side effects: the activity types, `plan_next_action` and `execute_tool` (and
-`open_workspace`, which says on which worker a conversation's files are: workspace.py).
+"""Managed side effects: the two activity types, `plan_next_action` and `execute_tool`.
 
 Primitive 2 of the paper. Everything that touches the world (the model provider, the
 notes file, the clock) happens here, inside an activity, where Temporal records the
@@ -279,15 +278,6 @@ class AgentActivities:
         )
 
     @activity.defn
-    async def open_workspace(self, conversation: str) -> WorkspacePin | None:
-        """Make the conversation's folder on this worker's disk, and say which task queue
-        reaches this worker: the workflow sends every file call of the conversation there.
-        None if this worker keeps no files (no WORKSPACE_ROOT)."""
-        if self.workspace is None:
-            return None
-        return await asyncio.to_thread(self.workspace.open, conversation)
-
-    @activity.defn
     async def execute_tool(self, call: ToolCall) -> ToolResult:
         """Run one tool call; expected failures become a result the model can act on."""
         # This attempt's span (the tracing plugin's) says which tool ran, and how it went.
@@ -296,17 +286,34 @@ class AgentActivities:
         if self._trace_content:
             span.set_attribute("gen_ai.tool.call.arguments", call.arguments)
         await self._faults.before_tool_call()
+        pin = None
         try:
+            if call.name in WORKSPACE_TOOLS:
+                call, pin = await self._in_workspace(call)
             content = await _heartbeating(self._run_tool(call))
-            result = ToolResult(call.id, call.name, truncated(content))
+            result = ToolResult(call.id, call.name, truncated(content), workspace=pin)
         except ToolError as err:
-            result = ToolResult(call.id, call.name, truncated(str(err), error=True), is_error=True)
+            why = truncated(str(err), error=True)
+            result = ToolResult(call.id, call.name, why, is_error=True, workspace=pin)
         outcome = "error" if result.is_error else "ok"
         activity.logger.info("execute_tool %s -> %s", call.name, outcome)
         span.set_attribute("agent.tool.outcome", outcome)
         if self._trace_content:
             span.set_attribute("gen_ai.tool.call.result", result.content)
         return result
+
+    async def _in_workspace(self, call: ToolCall) -> tuple[ToolCall, WorkspacePin | None]:
+        """A file call in the folder the workflow names; or, the conversation's first
+        (no folder named yet), in a folder made now on this worker's disk, with the pin
+        that sends every file call after it here. Even if the call itself then fails:
+        the folder is here."""
+        if self.workspace is None:  # A first call pins nothing: the next one tries again.
+            raise ToolError("no workspace: the agent's workers keep no files")
+        if call.workspace is not None:
+            return call, None
+        # The workflow that asks, as Temporal says: its folder, never the model's choice.
+        pin = await asyncio.to_thread(self.workspace.open, activity.info().workflow_id)
+        return dataclasses.replace(call, workspace=pin.folder), pin
 
     async def _run_tool(self, call: ToolCall) -> str:
         tool = self._tools.get(call.name)

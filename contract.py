@@ -68,8 +68,9 @@ holds the conversation's workspace, as its `WorkspacePin` says."""
 
 @dataclass(frozen=True)
 class WorkspacePin:
-    """Where a conversation's files are: the result of `open_workspace`, recorded in the
-    history, carried over at continue-as-new and handed to subagents (docs/workspace.md)."""
+    """Where a conversation's files are: on the result of its first file call
+    (`ToolResult.workspace`), recorded in the history, carried over at continue-as-new and
+    handed to subagents (docs/workspace.md)."""
 
     folder: str
     """The conversation's folder in the worker's WORKSPACE_ROOT."""
@@ -99,8 +100,9 @@ class ToolCall:
     program: ProgramPolicy | None = None
     """Set on a `run_program` call only: what the calls of its program may do."""
     workspace: str | None = None
-    """Set by the workflow on a file tool call it sends to `execute_tool`: the folder of
-    the conversation's workspace it works in."""
+    """Set by the workflow on a file tool call once the conversation's workspace is
+    pinned: the folder it works in. None on the first file call: the worker that takes it
+    makes the folder."""
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,10 @@ class ToolResult:
     name: str
     content: str
     is_error: bool = False
+    workspace: WorkspacePin | None = None
+    """Set on the result of a conversation's first file call only: the worker that ran
+    it made the conversation's folder on its disk, and this pin leads every file call
+    after it there."""
 
 
 @dataclass(frozen=True)
@@ -261,7 +267,7 @@ class Plan:
     model: str = ""
     files_offered: bool = False
     """The workspace's file tools were offered with this call: a delegation it asks for
-    opens the workspace first, so the subagent works in its parent's files."""
+    pins the workspace first, so the subagent works in its parent's files."""
 
 
 @dataclass(frozen=True)

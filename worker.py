@@ -121,11 +121,7 @@ def build_worker(
         client,
         task_queue=task_queue,
         workflows=[DurableAgentWorkflow],
-        activities=[
-            activities.plan_next_action,
-            activities.execute_tool,
-            activities.open_workspace,
-        ],
+        activities=[activities.plan_next_action, activities.execute_tool],
         graceful_shutdown_timeout=timedelta(seconds=5),
         sticky_queue_schedule_to_start_timeout=STICKY_TIMEOUT,
         **options,

@@ -70,7 +70,6 @@ with workflow.unsafe.imports_passed_through():
         TurnUsage,
         Usage,
         UsageReport,
-        WorkspacePin,
         check_session_input,
         truncated,
     )
@@ -102,15 +101,6 @@ TOOL_OPTIONS = {
         backoff_coefficient=2.0,
         maximum_interval=timedelta(seconds=60),
     ),
-}
-
-# The workspace (docs/workspace.md): a small call on whichever worker takes it opens the
-# conversation's folder on that worker's disk and answers with the worker's own task queue;
-# the answer, in the history, pins every file call after it there. Each file call then
-# waits at most the pin's `unavailable_after_s` for that worker to take it.
-OPEN_WORKSPACE_OPTIONS = {
-    "start_to_close_timeout": timedelta(seconds=30),
-    "retry_policy": RetryPolicy(maximum_interval=timedelta(seconds=10)),
 }
 
 # Subagents: a `delegate` call runs this same loop on a task, as a child workflow.
@@ -183,7 +173,7 @@ class DurableAgentWorkflow:
         self._last_turn = self._session.last_turn
         self._reports: list[asyncio.Task[None]] = []
         self._workspace = self._session.workspace
-        self._opening_workspace = asyncio.Lock()
+        self._pinning = asyncio.Lock()  # held by a file call that runs before any pin
         self._files_offered = False  # with the latest model call
 
     @workflow.run
@@ -536,13 +526,19 @@ class DurableAgentWorkflow:
         return _not_run(call, f"the user denied it ({decision.reason or 'no reason given'})")
 
     async def _file_tool(self, call: ToolCall) -> ToolResult:
-        """Run a file tool call where the conversation's files are: on the task queue of
-        the worker whose disk holds them, as the pin in the history says. If that worker
-        does not take the call in time, the model reads that the workspace is unavailable,
-        and the turn goes on."""
-        pin = await self._workspace_pin()
-        if pin is None:
-            return _tool_error(call, "no workspace: the agent's workers keep no files")
+        """Run a file tool call where the conversation's files are. The first runs on the
+        shared task queue, and the worker that takes it makes the folder there and says so
+        in its result: from then on every file call goes to that worker's own queue, as
+        the pin in the history says. If that worker does not take a call in time, the
+        model reads that the workspace is unavailable, and the turn goes on."""
+        async with self._pinning:  # Calls at once wait for the first to pin, or not.
+            if self._workspace is None:
+                result = await workflow.execute_activity(
+                    "execute_tool", call, result_type=ToolResult, **TOOL_OPTIONS
+                )
+                self._workspace = result.workspace  # None: that worker keeps no files.
+                return result
+        pin = self._workspace
         in_workspace = dataclasses.replace(call, workspace=pin.folder)
         if pin.queue is None:  # Shared storage: any worker of the conversation's queue.
             return await workflow.execute_activity(
@@ -567,20 +563,6 @@ class DurableAgentWorkflow:
                 f"{pin.unavailable_after_s:g} s; try again later",
             )
 
-    async def _workspace_pin(self) -> WorkspacePin | None:
-        """Where the files are: carried in the session, or opened now by the first call
-        that needs it (calls at once wait for that one). None if the worker that took
-        the opening keeps no files; the next call asks again."""
-        async with self._opening_workspace:
-            if self._workspace is None:
-                self._workspace = await workflow.execute_activity(
-                    "open_workspace",
-                    workflow.info().workflow_id,
-                    result_type=WorkspacePin | None,  # type: ignore[arg-type]
-                    **OPEN_WORKSPACE_OPTIONS,
-                )
-        return self._workspace
-
     async def _answer_task(self, task: str) -> Transcript:
         """A subagent's whole run: one turn on its parent's task, then it ends. A failed
         turn fails the child workflow, so the parent's model reads why as a tool error."""
@@ -602,8 +584,13 @@ class DurableAgentWorkflow:
             task, tools = _delegation(call.arguments)
         except ValueError as problem:
             return _tool_error(call, str(problem))
-        if self._files_offered:  # The subagent works in this conversation's files.
-            await self._workspace_pin()
+        if self._files_offered and self._workspace is None:
+            # The subagent works in this conversation's files, so they must be somewhere
+            # before it starts: were its first file call to pin them, the pin would be in
+            # its history, not this one, and this conversation's next file call would make
+            # a second workspace elsewhere. A listing of the (new) folder pins it, run and
+            # recorded like any file call: no third activity type just to say where.
+            await self._file_tool(ToolCall(f"{call.id}-workspace", "list_files", "{}"))
         child = Subagent(self._subagent_id(call), task, self._turn.update_id)
         self._subagents.append(child)
         try:

@@ -11,11 +11,12 @@ opened relative to the one before with O_NOFOLLOW, so `..`, absolute paths and s
 links (whoever made them) are refused before anything is opened, and so are special files,
 files over MAX_FILE_BYTES, binary content for `read_file`, and more than MAX_FILES entries.
 
-The folder lives on this worker's disk, so a conversation's file calls must all reach this
-worker: `open_workspace` (activities.py) returns a `WorkspacePin` naming this worker's
-own task queue, which the workflow records and uses for every file call after
-(docs/workspace.md). The worker's identity, and so its queue, is a file in
-WORKSPACE_ROOT: a worker restarted on the same disk serves its conversations again.
+The folder lives on one worker's disk, so a conversation's file calls must all reach that
+worker: the one that takes the conversation's first file call makes the folder (`open`)
+and returns, on the call's result, a `WorkspacePin` naming its own task queue, which the
+workflow records and uses for every file call after (docs/workspace.md). The worker's
+identity, and so its queue, is a file in WORKSPACE_ROOT: a worker restarted on the same
+disk serves its conversations again.
 """
 
 from __future__ import annotations

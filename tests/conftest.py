@@ -12,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 # Before LiteLLM is imported: otherwise it fetches its price list, which here, offline,
 # costs seconds of retries at every test session's start.
@@ -141,6 +142,24 @@ class Deltas(list[str]):
 
 async def history_events(handle: WorkflowHandle) -> list:
     return [event async for event in handle.fetch_history_events()]
+
+
+async def activity_tasks(handle: WorkflowHandle) -> list[tuple[Any, Any]]:
+    """Each activity the workflow scheduled, in history order: its scheduled event's
+    attributes, and the started event's of the attempt that ended it (None if none)."""
+    events = await history_events(handle)
+    started = {
+        e.activity_task_started_event_attributes.scheduled_event_id: (
+            e.activity_task_started_event_attributes
+        )
+        for e in events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED
+    }
+    return [
+        (e.activity_task_scheduled_event_attributes, started.get(e.event_id))
+        for e in events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+    ]
 
 
 async def scheduled_activities(handle: WorkflowHandle) -> list[str]:

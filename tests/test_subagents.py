@@ -15,6 +15,7 @@ from conftest import (
     AsksForTools,
     WorkerProcess,
     activity_running,
+    activity_tasks,
     asks_for_tools,
     history_events,
     registered,
@@ -69,18 +70,9 @@ async def status_of(client: Client, workflow_id: str) -> WorkflowExecutionStatus
 
 async def activity_attempts(handle: WorkflowHandle) -> list[tuple[str, int]]:
     """Each activity the workflow scheduled, in order, with the attempt that completed it."""
-    events = await history_events(handle)
-    attempt = {
-        e.activity_task_started_event_attributes.scheduled_event_id: (
-            e.activity_task_started_event_attributes.attempt
-        )
-        for e in events
-        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED
-    }
     return [
-        (e.activity_task_scheduled_event_attributes.activity_type.name, attempt[e.event_id])
-        for e in events
-        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+        (scheduled.activity_type.name, started.attempt)
+        for scheduled, started in await activity_tasks(handle)
     ]
 
 

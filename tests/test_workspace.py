@@ -12,15 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import WorkerProcess, history_events, say, start_session, until
+from conftest import WorkerProcess, activity_tasks, history_events, say, start_session, until
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import ActivityEnvironment
 
 from activities import AgentActivities
-from contract import WORKSPACE_TOOLS, SessionInput, ToolCall, WorkspacePin
+from contract import WORKSPACE_TOOLS, SessionInput, ToolCall, ToolResult
 from llm_client import LlmSettings
-from worker import connect, serve
+from worker import build_worker, connect, serve
 from workflow import DurableAgentWorkflow
 from workspace import Workspace
 
@@ -69,26 +69,22 @@ class Ran:
     worker: str
 
 
+def holder_of(file_calls: list[Ran], machines: tuple[Machine, ...]) -> Machine:
+    """The machine that took the conversation's first file call, from the shared queue."""
+    first = file_calls[0]
+    assert first.queue not in {m.queue for m in machines}, "the first call was pinned"
+    return next(m for m in machines if m.name == first.worker)
+
+
 async def activities_run(client: Client, handle: WorkflowHandle) -> list[Ran]:
     """The activities of the run's history, in order, with the queue and the worker of each."""
-    events = await history_events(handle)
-    started = {
-        e.activity_task_started_event_attributes.scheduled_event_id: (
-            e.activity_task_started_event_attributes.identity
-        )
-        for e in events
-        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED
-    }
     ran = []
-    for event in events:
-        if event.event_type != EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
-            continue
-        scheduled = event.activity_task_scheduled_event_attributes
+    for scheduled, started in await activity_tasks(handle):
         kind, tool = scheduled.activity_type.name, ""
         if kind == "execute_tool":
             [call] = await client.data_converter.decode(scheduled.input.payloads, [ToolCall])
             tool = call.name
-        worker = started.get(event.event_id, "")
+        worker = started.identity if started else ""
         ran.append(Ran(kind, tool, scheduled.task_queue.name, worker))
     return ran
 
@@ -164,7 +160,7 @@ async def test_every_path_that_leads_out_is_refused_and_the_workspace_is_untouch
     assert "keep.txt (4 bytes)" in listed
 
 
-async def test_every_file_call_lands_on_the_worker_that_opened_the_workspace(
+async def test_every_file_call_lands_on_the_worker_that_took_the_first(
     client: Client, task_queue: str, two_machines: tuple[Machine, Machine]
 ):
     handle = await start_session(client, task_queue)
@@ -179,15 +175,17 @@ async def test_every_file_call_lands_on_the_worker_that_opened_the_workspace(
     assert await say(handle, "search files for STEP") == "plan.md:1: step one"
 
     ran = await activities_run(client, handle)
-    [opened] = [r for r in ran if r.activity == "open_workspace"]
-    holder = next(m for m in two_machines if m.name == opened.worker)
-    file_calls = [r for r in ran if r.tool in WORKSPACE_TOOLS]
-    assert len(file_calls) == 5
-    assert {(r.queue, r.worker) for r in file_calls} == {(holder.queue, holder.name)}
-    # The model calls (and the other tools) stay on the shared queue, on either worker.
-    plans = [r for r in ran if r.activity == "plan_next_action"]
-    assert {r.queue for r in plans} == {task_queue}
-    assert {r.worker for r in plans} == {"worker-a", "worker-b"}
+    assert {r.activity for r in ran} == {"plan_next_action", "execute_tool"}
+    first, *after = [r for r in ran if r.tool in WORKSPACE_TOOLS]
+    assert (first.tool, first.queue) == ("write_file", task_queue)
+    holder = holder_of([first], two_machines)
+    assert len(after) == 4
+    assert {(r.queue, r.worker) for r in after} == {(holder.queue, holder.name)}
+    # The model calls and the other tools stay on the shared queue, run by either worker
+    # (the two workers often alternate, so the model calls alone may all land on one).
+    rest = [r for r in ran if r.tool not in WORKSPACE_TOOLS]
+    assert {r.queue for r in rest} == {task_queue}
+    assert {r.worker for r in rest} == {"worker-a", "worker-b"}
     other = next(m for m in two_machines if m is not holder)
     assert [p.name for p in holder.root.rglob("plan.md")] == ["plan.md"]
     assert not list(other.root.rglob("plan.md"))
@@ -204,11 +202,10 @@ async def test_the_pin_survives_continue_as_new(
 
     runs = [await activities_run(client, run) for run in await runs_of(client, handle, first_run)]
     assert len(runs) >= 3, "expected several continue-as-new runs"
-    [pin_queue] = {r.queue for r in runs[0] if r.tool == "write_file"}
-    assert {r.queue for run in runs for r in run if r.tool} == {pin_queue}
-    assert [r.activity for run in runs for r in run if r.activity == "open_workspace"] == [
-        "open_workspace"
-    ]
+    file_calls = [r for run in runs for r in run if r.tool]
+    holder = holder_of(file_calls, two_machines)
+    assert len(file_calls) == 5
+    assert {r.queue for r in file_calls[1:]} == {holder.queue}
 
 
 async def runs_of(client: Client, handle: WorkflowHandle, first_run: str) -> list[WorkflowHandle]:
@@ -222,19 +219,34 @@ async def runs_of(client: Client, handle: WorkflowHandle, first_run: str) -> lis
         runs.append(client.get_workflow_handle(handle.id, run_id=next_run))
 
 
-async def test_a_subagent_reads_the_file_its_parent_wrote(
+async def test_a_subagent_works_in_its_parents_workspace_even_when_it_writes_first(
     client: Client, task_queue: str, two_machines: tuple[Machine, Machine]
 ):
     handle = await start_session(client, task_queue)
-    assert await say(handle, "write file brief.md: find 42") == "Wrote brief.md (7 bytes)."
-    assert await say(handle, "delegate: read file brief.md") == "find 42"
+    assert await say(handle, "delegate: write file brief.md: find 42") == (
+        "Wrote brief.md (7 bytes)."
+    )
+    assert await say(handle, "read file brief.md") == "find 42"
+    assert await say(handle, "write file brief.md: find 43") == "Wrote brief.md (7 bytes)."
+    assert await say(handle, "delegate: read file brief.md") == "find 43"
 
-    parent = await activities_run(client, handle)
-    [pin_queue] = {r.queue for r in parent if r.tool == "write_file"}
-    [subagent] = await handle.query(DurableAgentWorkflow.subagents)
-    child = await activities_run(client, client.get_workflow_handle(subagent.workflow_id))
-    assert [(r.tool, r.queue) for r in child if r.tool] == [("read_file", pin_queue)]
-    assert not [r for r in child if r.activity == "open_workspace"]
+    # Before the first delegation, the parent pinned its workspace with a listing of its
+    # own; the subagents ran every file call there too.
+    parent = [r for r in await activities_run(client, handle) if r.tool]
+    holder = holder_of(parent, two_machines)
+    assert [(r.tool, r.queue) for r in parent] == [
+        ("list_files", task_queue),
+        ("read_file", holder.queue),
+        ("write_file", holder.queue),
+    ]
+    children = [
+        [(r.tool, r.queue) for r in await activities_run(client, child) if r.tool]
+        for child in [
+            client.get_workflow_handle(subagent.workflow_id)
+            for subagent in await handle.query(DurableAgentWorkflow.subagents)
+        ]
+    ]
+    assert children == [[("write_file", holder.queue)], [("read_file", holder.queue)]]
 
 
 async def test_pinned_worker_killed_and_restarted_the_conversation_goes_on_with_its_files(
@@ -257,9 +269,9 @@ async def test_pinned_worker_killed_and_restarted_the_conversation_goes_on_with_
         async with restarted:
             assert await turn == "survive"
             assert await say(handle, "write file todo.md: done") == "Wrote todo.md (4 bytes)."
-    ran = await activities_run(client, handle)
-    assert {r.queue for r in ran if r.tool} == {back.queue}
-    assert [r.worker for r in ran if r.tool][-2:] == ["back", "back"]
+    first, *after = [r for r in await activities_run(client, handle) if r.tool]
+    assert first.queue == task_queue
+    assert [(r.queue, r.worker) for r in after] == [(back.queue, "back")] * 2
 
 
 async def file_call_waits(handle: WorkflowHandle) -> bool:
@@ -293,21 +305,47 @@ async def test_a_retried_write_is_the_same_file_and_a_retried_edit_says_it_appli
     tmp_path: Path,
 ):
     activities = AgentActivities(LlmSettings(), tmp_path / "n", workspace=Workspace(tmp_path))
-    pin: WorkspacePin = activities.workspace.open("chat-retried")  # type: ignore[union-attr]
 
-    async def attempt(name: str, **arguments: str) -> str:
+    async def attempt(name: str, folder: str | None = None, **arguments: str) -> ToolResult:
         # The same activity (the environment's ids), run again as a retry would run it.
-        call = ToolCall("c1", name, json.dumps(arguments), workspace=pin.folder)
-        result = await ActivityEnvironment().run(activities.execute_tool, call)
-        return result.content
+        call = ToolCall("c1", name, json.dumps(arguments), workspace=folder)
+        return await ActivityEnvironment().run(activities.execute_tool, call)
 
-    for _ in range(2):
-        assert await attempt("write_file", path="f.txt", content="a b") == "Wrote f.txt (3 bytes)."
-    assert await attempt("edit_file", path="f.txt", old_text="a", new_text="a a") == "Edited f.txt."
-    retried = await attempt("edit_file", path="f.txt", old_text="a", new_text="a a")
-    assert retried == "Already applied: f.txt has the new text."
+    # The first file call (no folder yet) makes the folder, twice the same one.
+    first = [await attempt("write_file", path="f.txt", content="a b") for _ in range(2)]
+    assert [r.content for r in first] == ["Wrote f.txt (3 bytes)."] * 2
+    pin = first[0].workspace
+    assert pin is not None and first[1].workspace == pin
+    edited = [await attempt("edit_file", pin.folder, path="f.txt", old_text="a", new_text="a a")]
+    edited += [await attempt("edit_file", pin.folder, path="f.txt", old_text="a", new_text="a a")]
+    assert [r.content for r in edited] == [
+        "Edited f.txt.",
+        "Already applied: f.txt has the new text.",
+    ]
+    assert edited[0].workspace is None  # Pinned calls carry no pin.
     assert (tmp_path / pin.folder / "f.txt").read_text() == "a a b"
-    assert await attempt("read_file", path="f.txt") == "a a b"
+    assert (await attempt("read_file", pin.folder, path="f.txt")).content == "a a b"
+
+
+async def test_a_worker_without_a_workspace_takes_the_first_file_call_the_next_asks_again(
+    client: Client, task_queue: str, tmp_path: Path
+):
+    handle = await start_session(client, task_queue)
+    keeps_none = AgentActivities(LlmSettings(), tmp_path / "notes.jsonl")
+    async with build_worker(client, task_queue, keeps_none):
+        reply = await say(handle, "write file a.md: x")
+    assert reply == (
+        "The write_file tool failed. Error: no workspace: the agent's workers keep no files"
+    )
+    only, running = machine(client, task_queue, tmp_path / "disk", "worker", 100)
+    async with running:
+        assert await say(handle, "write file a.md: x") == "Wrote a.md (1 bytes)."
+        assert await say(handle, "read file a.md") == "x"
+    assert [(r.tool, r.queue) for r in await activities_run(client, handle) if r.tool] == [
+        ("write_file", task_queue),
+        ("write_file", task_queue),
+        ("read_file", only.queue),
+    ]
 
 
 async def test_with_shared_storage_every_worker_runs_file_calls_on_the_shared_queue(
