@@ -221,11 +221,11 @@ class ChatSession:
                     flush=True,
                 )
 
-    async def quick_query(self, query: Any, default: T) -> T:
+    async def quick_query(self, query: Any, default: T, timeout_s: float = 1) -> T:
         """A query's answer, or `default` if nobody can answer now: a query needs a
         running worker, and the reply's own wait already tells the user when there is none."""
         try:
-            return await self.handle.query(query, rpc_timeout=timedelta(seconds=1))
+            return await self.handle.query(query, rpc_timeout=timedelta(seconds=timeout_s))
         except (RPCError, WorkflowQueryFailedError):
             return default
 
@@ -285,7 +285,8 @@ class ChatSession:
 
     async def last_exchange(self) -> list[Message]:
         """The last message the user sent and what the agent answered, if any."""
-        transcript = await self.quick_query(DurableAgentWorkflow.conversation, None)
+        # Once, on attach: a worker that replays a long history under load takes seconds.
+        transcript = await self.quick_query(DurableAgentWorkflow.conversation, None, 5)
         if transcript is None:
             return []
         said = [m for m in transcript.messages if m.role in ("user", "assistant") and m.content]

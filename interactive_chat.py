@@ -112,7 +112,8 @@ async def chat(
     try:
         # Back after Ctrl-C, or after a script left a call waiting: follow that turn first;
         # or show the last exchange, whose reply may have come while the client was away.
-        if turn_id := await session.quick_query(DurableAgentWorkflow.turn_in_progress, None):
+        in_progress = DurableAgentWorkflow.turn_in_progress
+        if turn_id := await session.quick_query(in_progress, None, timeout_s=5):
             await session.reply_of(turn_id, ask, view)
         elif attached and (last := await session.last_exchange()):
             print("(the last exchange:)", file=sys.stderr)
