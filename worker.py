@@ -29,8 +29,14 @@ from typing import TYPE_CHECKING, Any
 
 from dotenv import load_dotenv
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
+from temporalio.contrib.pydantic import PydanticJSONPlainPayloadConverter
+from temporalio.converter import (
+    CompositePayloadConverter,
+    DataConverter,
+    DefaultFailureConverterWithEncodedAttributes,
+    DefaultPayloadConverter,
+    JSONPlainPayloadConverter,
+)
 from temporalio.envconfig import ClientConfig
 from temporalio.service import RPCError
 from temporalio.worker import Worker
@@ -50,6 +56,9 @@ DEFAULT_NOTES_FILE = "notes.jsonl"
 # If that worker died, the task waits this long before any worker may take it: the SDK's
 # default of 10 s would make every conversation of a crashed worker wait 10 s.
 STICKY_TIMEOUT = timedelta(seconds=1)
+# Conversations a worker keeps in memory between their tasks (the SDK's default). One that
+# fell out is replayed from its history at its next task (docs/performance.md, scale).
+DEFAULT_WORKFLOW_CACHE_SIZE = 1000
 
 
 class TemporalUnreachable(Exception):
@@ -80,6 +89,32 @@ async def connect(address: str | None = None, *, env: Mapping[str, str] | None =
         ) from err
 
 
+class PydanticPayloadConverter(CompositePayloadConverter):
+    """The SDK's pydantic payload converter (`temporalio.contrib.pydantic`), its JSON
+    converter one instance for the whole process.
+
+    The worker builds a payload converter for every workflow run it starts, and pydantic's
+    holds a cache of decoders (type adapters) of its own: each conversation that entered
+    the cache, or came back into it cold, built the decoder of `Plan` again (34 ms and
+    76 KB here) and kept it while cached. One shared JSON converter builds each once. The
+    types it decodes are the history's dataclasses (`contract.py`, which passes through
+    the sandbox), the same objects for every run; the cache is bounded (1 024) as before.
+    """
+
+    _json = PydanticJSONPlainPayloadConverter()
+
+    def __init__(self) -> None:
+        super().__init__(
+            *(
+                self._json if isinstance(c, JSONPlainPayloadConverter) else c
+                for c in DefaultPayloadConverter.default_encoding_payload_converters
+            )
+        )
+
+
+PYDANTIC_DATA_CONVERTER = DataConverter(payload_converter_class=PydanticPayloadConverter)
+
+
 def data_converter(env: Mapping[str, str] | None = None) -> DataConverter:
     """JSON through pydantic (the SDK's contrib), encrypted if ENCRYPTION_KEYS is set.
 
@@ -94,9 +129,9 @@ def data_converter(env: Mapping[str, str] | None = None) -> DataConverter:
     """
     codec = EncryptionCodec.from_env(env)
     if codec is None:
-        return pydantic_data_converter
+        return PYDANTIC_DATA_CONVERTER
     return dataclasses.replace(
-        pydantic_data_converter,
+        PYDANTIC_DATA_CONVERTER,
         payload_codec=codec,
         failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
     )
@@ -104,6 +139,18 @@ def data_converter(env: Mapping[str, str] | None = None) -> DataConverter:
 
 def task_queue_name(flag: str | None = None) -> str:
     return flag or os.environ.get("TEMPORAL_TASK_QUEUE") or DEFAULT_TASK_QUEUE
+
+
+def workflow_cache_size(env: Mapping[str, str] | None = None) -> int:
+    """WORKFLOW_CACHE_SIZE: conversations held in memory (0: replay every task); ValueError
+    naming the variable if it is not a whole number of at least 0."""
+    env = os.environ if env is None else env
+    given = env.get("WORKFLOW_CACHE_SIZE", "").strip()
+    if not given:
+        return DEFAULT_WORKFLOW_CACHE_SIZE
+    if not given.isdigit():
+        raise ValueError(f"WORKFLOW_CACHE_SIZE={given!r} is not a whole number of at least 0")
+    return int(given)
 
 
 def build_worker(
@@ -216,6 +263,14 @@ class WorkerProcess:
         self._process.kill()
         self._process.wait()
 
+    def stop(self, timeout_s: float = 15) -> None:
+        """SIGTERM: the worker finishes its tasks and leaves, as a deploy stops it."""
+        self._process.terminate()
+        try:
+            self._process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
 
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -231,6 +286,7 @@ async def main() -> int:
             await activities.warm_up()
             traces = tracing.setup("durable-agent-worker")  # before connecting: adds the plugin
             version = deployment.deployment_config()
+            cache_size = workflow_cache_size()
             client = await connect(args.address)
             versioning = await deployment.make_current_if_first(client, version)
         except (ValueError, TemporalUnreachable) as err:
@@ -251,11 +307,18 @@ async def main() -> int:
         print(encryption, file=sys.stderr)
         print(traces, file=sys.stderr)
         print(versioning, file=sys.stderr)
+        print(f"Workflow cache: {cache_size} conversations", file=sys.stderr)
 
         stop = asyncio.Event()
         for signum in (signal.SIGINT, signal.SIGTERM):
             asyncio.get_running_loop().add_signal_handler(signum, stop.set)
-        async with build_worker(client, task_queue, activities, deployment_config=version):
+        async with build_worker(
+            client,
+            task_queue,
+            activities,
+            deployment_config=version,
+            max_cached_workflows=cache_size,
+        ):
             print(f"Polling task queue '{task_queue}'. Ctrl-C to stop.", file=sys.stderr)
             await stop.wait()
     print("Worker stopped.", file=sys.stderr)

@@ -1,0 +1,422 @@
+"""The benchmark's scale section (issue 25): many conversations on one worker.
+
+A deployment has thousands of sessions, most of them idle or waiting for a person, a few
+busy at any moment. On each dev server, its state in memory and on disk (SQLite,
+`--db-filename`: what a person keeps), one worker (`worker.py`, its workflow cache the
+default WORKFLOW_CACHE_SIZE) carries, in this order:
+
+  cold     conversations of about 10, 100 and 1 000 history events, built first; their
+           turns are timed while cached, after the idle ones pushed them out of the
+           cache, and after a worker restart: what replaying a history costs
+  idle     N conversations, one turn each, then left alone: worker and server memory
+  memory   on the restarted worker, conversations at turn 10 and at turn 1 000, their
+           context carried in as continue-as-new carries it: memory per conversation
+  waiting  conversations each with a note waiting for approval: the worker's CPU while
+           they wait, then all approved at once: time until every turn is answered, and
+           each note written once
+  busy     50 and 500 conversations sending turns at once, against the floor's worker
+           (`bare_temporal.py`) at the same concurrency; worker CPU per turn
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from temporalio.client import Client, WorkflowUpdateStage
+
+import worker
+from benchmark_harness import (
+    ON_DISK,
+    PLAIN,
+    Conversation,
+    Lab,
+    Report,
+    Stats,
+    cpu_seconds,
+    in_memory_turns,
+    rss_bytes,
+    same,
+)
+from contract import Message, SessionInput, ToolDecision
+from workflow import DurableAgentWorkflow
+
+if TYPE_CHECKING:  # performance_benchmark imports this file: no arrow back up at run time.
+    from performance_benchmark import Settings
+
+SERVERS = (("tuned", "in memory"), (ON_DISK, "on disk (SQLite)"))
+HISTORY_EVENTS = (10, 100, 1_000)
+"""The history lengths of the cold turns' conversations (events in the current run)."""
+MEMORY_TURNS = (10, 1_000)
+AT_ONCE = 50
+"""Conversations started (and their first turn sent) at a time: a crowd, not a stampede."""
+MB = 1024 * 1024
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """The section's sizes, from the number of idle conversations (`--scale-conversations`).
+    Below 1 000 it is a development run, and the rest shrinks with it."""
+
+    conversations: int
+    approvals: int
+    """At most as many as the cache holds: each is asked what it waits for (a query)."""
+    busy: tuple[int, ...]
+    busy_turns: int
+    """Turns of each busy row, shared out among its conversations (at least 3 each)."""
+    memory: int
+    """Conversations at turn 10, and as many at turn 1 000, for the memory rows."""
+    wait_s: float
+    """How long the worker's CPU is measured while the approvals wait."""
+    cold_samples: int
+    """Conversations of each history length."""
+
+    @classmethod
+    def of(cls, conversations: int, cache: int) -> Sizes:
+        full = conversations >= 1_000
+        busy = tuple(sorted({min(count, conversations) for count in (AT_ONCE, 500)}))
+        return cls(
+            conversations=conversations,
+            approvals=min(1_000, conversations, cache),
+            busy=busy,
+            busy_turns=1_500 if full else 3 * busy[-1],
+            memory=min(300, conversations),
+            wait_s=20 if full else 2,
+            cold_samples=5 if full else 2,
+        )
+
+
+async def scale(lab: Lab, s: Settings, report: Report) -> dict[str, Any]:
+    """Every part on each server; the tables put the servers' rows side by side."""
+    title = "## 8. Scale: many conversations on one worker"
+    if not lab.spawns_workers:
+        report.print(title, "Skipped: it restarts workers, and this run uses an external one.")
+        return {"skipped": "external worker"}
+    cache = worker.workflow_cache_size()
+    sizes = Sizes.of(s.scale_conversations, cache)
+    await in_memory_turns(2, PLAIN)  # warm-up: imports, caches
+    cpu = time.process_time()
+    await in_memory_turns(s.iterations, PLAIN)
+    in_memory_cpu_ms = 1000 * (time.process_time() - cpu) / s.iterations
+    # A conversation's context at turn 10 and 1 000, as the loop keeps it (the activities
+    # trim it to the context budget), in memory: seconds instead of a thousand turns.
+    contexts = {}
+    for turns in MEMORY_TURNS:
+        messages: list[Message] = []
+        await in_memory_turns(turns - 1, PLAIN, messages)
+        contexts[turns] = messages
+    servers = {}
+    for server, label in SERVERS:
+        if await lab.client(server) is None:
+            continue  # A server of the user's: only the tuned one's rows.
+        print(f"  scale, {label}...", file=sys.stderr, flush=True)
+        servers[label] = await Server(lab, report, server, label, sizes, cache).run(contexts)
+    tables(report, sizes, cache, servers, in_memory_cpu_ms)
+    goals(report, servers, in_memory_cpu_ms)
+    return {
+        "sizes": sizes.__dict__,
+        "workflow_cache_size": cache,
+        "in_memory_cpu_ms_per_turn": in_memory_cpu_ms,
+        "servers": servers,
+    }
+
+
+class Server:
+    """The section's parts on one dev server, with one worker (restarted once)."""
+
+    def __init__(
+        self, lab: Lab, report: Report, server: str, label: str, sizes: Sizes, cache: int
+    ) -> None:
+        self.lab, self.report, self.server, self.label = lab, report, server, label
+        self.sizes, self.cache = sizes, cache
+        self.client: Client
+        self.task_queue = ""
+        self.started = 0  # conversations started on the current worker
+
+    @property
+    def worker_pid(self) -> int:
+        return self.lab.newest_worker(self.task_queue).pid
+
+    @property
+    def server_pid(self) -> int:
+        pid = self.lab.server_pid(self.server)
+        assert pid is not None, f"no process found for the {self.label} server"
+        return pid
+
+    async def run(self, contexts: dict[int, list[Message]]) -> dict[str, Any]:
+        client, task_queue = await self.lab.client(self.server), await self.lab.worker(self.server)
+        assert client is not None and task_queue is not None
+        self.client, self.task_queue = client, task_queue
+        floor_queue = await self.lab.floor_worker(self.server)
+        assert floor_queue is not None
+        timer = Timer(self.label)
+        deep, cached = await self.deep_conversations()
+        timer.lap("deep conversations")
+        idle = await self.idle_sessions()
+        timer.lap("idle")
+        cold: dict[str, Any] = {"cached": {e: asdict(s) for e, s in cached.items()}}
+        if self.started > self.cache:  # the idle ones pushed the deep ones out
+            cold["evicted"] = await self.cold_turns(deep)
+        self.lab.newest_worker(task_queue).stop()
+        await (await self.lab.spawn_worker(task_queue, self.server)).ready()
+        self.started = 0
+        cold["after restart"] = await self.cold_turns(deep)
+        timer.lap("cold")
+        memory = await self.memory_per_conversation(contexts)
+        timer.lap("memory")
+        waiting = await self.waiting_for_people()
+        timer.lap("waiting")
+        busy = [await self.busy(count, task_queue, floor_queue) for count in self.sizes.busy]
+        timer.lap("busy")
+        return {
+            "idle": idle,
+            "cold": cold,
+            "memory": memory,
+            "waiting": waiting,
+            "busy": busy,
+            "seconds": timer.laps,
+        }
+
+    async def start(self, label: str, session: SessionInput | None = None) -> Conversation:
+        self.started += 1
+        return await Conversation.start(
+            self.report, f"scale-{label}", self.client, self.task_queue, session=session
+        )
+
+    async def deep_conversations(self) -> tuple[dict[int, list[Conversation]], dict[int, Stats]]:
+        """Conversations of about 10, 100 and 1 000 events, turn by turn; each length's
+        last turns, while cached, for comparison with the cold ones."""
+        deep: dict[int, list[Conversation]] = {}
+        cached: dict[int, Stats] = {}
+        for events in HISTORY_EVENTS:
+            conversations = [await self.start("deep") for _ in range(self.sizes.cold_samples)]
+
+            async def grow(conversation: Conversation, events: int = events) -> list[float]:
+                latencies = []
+                while (await conversation.history())[0] < events:
+                    latencies += await conversation.turns_of(1, same(PLAIN), "scripted")
+                return latencies[-3:]  # warm: the first turns start the run
+
+            last = await asyncio.gather(*(grow(c) for c in conversations))
+            deep[events] = conversations
+            cached[events] = Stats.of([x for turns in last for x in turns])
+        return deep, cached
+
+    async def idle_sessions(self) -> list[dict[str, Any]]:
+        """N conversations, one turn each, AT_ONCE at a time; memory at a few counts."""
+        n = self.sizes.conversations
+        checkpoints = sorted({c for c in (n // 100, n // 10, n // 4, n // 2, n) if c > 0})
+        await asyncio.sleep(1)
+        before, held = rss_bytes(self.worker_pid), self.started
+        server_before = rss_bytes(self.server_pid)
+        rows, done, started = [], 0, time.perf_counter()
+
+        async def one_turn(_: int) -> float | None:
+            return await (await self.start("idle")).turn(PLAIN, "scripted")
+
+        for checkpoint in checkpoints:
+            await limited(one_turn, range(done, checkpoint), AT_ONCE)
+            done = checkpoint
+            await asyncio.sleep(1)  # the last replies' tasks done
+            rss, server_rss = rss_bytes(self.worker_pid), rss_bytes(self.server_pid)
+            newly_cached = min(held + done, self.cache) - held
+            rows.append(
+                {
+                    "conversations": done,
+                    "seconds": time.perf_counter() - started,
+                    "cached": min(held + done, self.cache),
+                    "worker_rss_bytes": rss,
+                    "worker_bytes_per_new_cached": (rss - before) / max(1, newly_cached),
+                    "server_rss_bytes": server_rss,
+                    "server_bytes_per_conversation": (server_rss - server_before) / done,
+                }
+            )
+            print(f"  scale, {self.label}: {done}/{n} idle", file=sys.stderr, flush=True)
+        return rows
+
+    async def cold_turns(self, deep: dict[int, list[Conversation]]) -> dict[int, Any]:
+        """A turn on each deep conversation, which the worker no longer holds, then one
+        more, cached again."""
+        found = {}
+        for events, conversations in deep.items():
+            sizes = [await c.history() for c in conversations]
+            cold = [await c.turn(PLAIN, "scripted") for c in conversations]
+            warm = [await c.turn(PLAIN, "scripted") for c in conversations]
+            found[events] = {
+                "events": statistics.median(e for e, _ in sizes),
+                "bytes": statistics.median(b for _, b in sizes),
+                "cold": asdict(Stats.of([x for x in cold if x is not None])),
+                "cached": asdict(Stats.of([x for x in warm if x is not None])),
+            }
+        return found
+
+    async def memory_per_conversation(self, contexts: dict[int, list[Message]]) -> list[Any]:
+        """Worker memory per cached conversation at turn 10 and 1 000: as many of each as
+        the cache holds beside what it holds already, one turn each."""
+        count = max(1, min(self.sizes.memory, (self.cache - self.started) // len(contexts)))
+        rows = []
+        for turn, messages in contexts.items():
+            session = SessionInput(messages=messages, earlier_turns=turn - 1)
+            await asyncio.sleep(1)
+            before = rss_bytes(self.worker_pid)
+
+            async def one_turn(_: int, session: SessionInput = session) -> float | None:
+                conversation = await self.start("memory", session)
+                return await conversation.turn(PLAIN, "scripted")
+
+            await limited(one_turn, range(count), AT_ONCE)
+            await asyncio.sleep(1)
+            rows.append(
+                {
+                    "turn": turn,
+                    "conversations": count,
+                    "context_messages": len(messages) + 2,
+                    "context_bytes": len(json.dumps([m.content for m in messages])),
+                    "worker_bytes_per_conversation": (rss_bytes(self.worker_pid) - before) / count,
+                }
+            )
+        return rows
+
+    async def waiting_for_people(self) -> dict[str, Any]:
+        """Conversations each with a note waiting for approval; all approved at once."""
+        tag = uuid.uuid4().hex[:6]
+        notes = [f"scale {tag} {i}" for i in range(self.sizes.approvals)]
+
+        async def ask(note: str) -> tuple[Conversation, Any, str]:
+            conversation = await self.start("waiting")
+            update = await conversation.handle.start_update(
+                DurableAgentWorkflow.send_message,
+                f"note: {note}",
+                wait_for_stage=WorkflowUpdateStage.ACCEPTED,
+            )
+            while not (
+                pending := await conversation.handle.query(DurableAgentWorkflow.pending_approvals)
+            ):
+                await asyncio.sleep(0.2)
+            return conversation, update, pending[0].call_id
+
+        waiting = await limited(ask, notes, AT_ONCE)
+        await asyncio.sleep(1)
+        pid, server_pid = self.worker_pid, self.server_pid
+        cpu, server_cpu = cpu_seconds(pid), cpu_seconds(server_pid)
+        await asyncio.sleep(self.sizes.wait_s)
+        worker_share = (cpu_seconds(pid) - cpu) / self.sizes.wait_s
+        server_share = (cpu_seconds(server_pid) - server_cpu) / self.sizes.wait_s
+        rss = rss_bytes(pid)
+        started = time.perf_counter()
+        await asyncio.gather(
+            *(
+                c.handle.execute_update(
+                    DurableAgentWorkflow.decide_tool_call, ToolDecision(call_id, True)
+                )
+                for c, _, call_id in waiting
+            )
+        )
+        replies = await asyncio.gather(*(update.result() for _, update, _ in waiting))
+        elapsed = time.perf_counter() - started
+        for note, reply in zip(notes, replies, strict=True):
+            if reply != f"Saved your note: {note}":
+                self.report.failures.append(f"scale, waiting: reply {reply!r} for {note!r}")
+        written = [
+            json.loads(line)["text"]
+            for line in (self.lab.workdir / "notes.jsonl").read_text().splitlines()
+        ]
+        counts = {note: 0 for note in notes}
+        for text in written:
+            if text in counts:
+                counts[text] += 1
+        if wrong := [note for note, n in counts.items() if n != 1]:
+            self.report.failures.append(f"scale, waiting: {len(wrong)} notes not written once")
+        return {
+            "conversations": len(waiting),
+            "wait_s": self.sizes.wait_s,
+            "worker_cpu_share_of_a_core": worker_share,
+            "server_cpu_share_of_a_core": server_share,
+            "worker_rss_bytes": rss,
+            "approve_all_to_all_answered_s": elapsed,
+            "notes_written_once": sum(1 for n in counts.values() if n == 1),
+        }
+
+    async def busy(self, count: int, task_queue: str, floor_queue: str) -> dict[str, Any]:
+        """`count` conversations sending turns back to back, on the agent's worker and on
+        the floor's, one after the other; each after one unmeasured turn."""
+        turns = max(3, self.sizes.busy_turns // count)
+        found: dict[str, Any] = {"conversations": count, "turns_each": turns}
+        for system, queue in (("agent", task_queue), ("floor", floor_queue)):
+
+            async def start(_: int, system: str = system, queue: str = queue) -> Conversation:
+                if system == "agent":
+                    conversation = await self.start("busy")
+                else:
+                    conversation = await Conversation.start_floor(
+                        self.report, "scale-busy-floor", self.client, queue, 1
+                    )
+                await conversation.turn(PLAIN, None)
+                return conversation
+
+            conversations = await limited(start, range(count), AT_ONCE)
+            pid = self.lab.newest_worker(queue).pid
+            expect = "scripted" if system == "agent" else None
+            cpu, started = cpu_seconds(pid), time.perf_counter()
+            per_conversation = await asyncio.gather(
+                *(c.turns_of(turns, same(PLAIN), expect) for c in conversations)
+            )
+            elapsed = time.perf_counter() - started
+            cpu_ms = 1000 * (cpu_seconds(pid) - cpu)
+            stats = Stats.of([x for latencies in per_conversation for x in latencies])
+            found[system] = {
+                "turns": stats.n,
+                "turns_per_s": stats.n / elapsed,
+                "p50_ms": stats.p50,
+                "p95_ms": stats.p95,
+                "worker_cpu_ms_per_turn": cpu_ms / max(1, stats.n),
+            }
+        return found
+
+
+class Timer:
+    """How long each part took, on stderr as it goes and in the results."""
+
+    def __init__(self, label: str) -> None:
+        self.label, self.laps, self._last = label, {}, time.perf_counter()
+
+    def lap(self, part: str) -> None:
+        now = time.perf_counter()
+        self.laps[part] = round(now - self._last, 1)
+        self._last = now
+        print(f"  scale, {self.label}: {part} {self.laps[part]} s", file=sys.stderr, flush=True)
+
+
+async def limited(
+    work: Callable[[Any], Awaitable[T]], items: Iterable[Any], at_once: int
+) -> list[T]:
+    """`work` on every item, at most `at_once` at a time; the results in order."""
+    gate = asyncio.Semaphore(at_once)
+
+    async def one(item: Any) -> T:
+        async with gate:
+            return await work(item)
+
+    return await asyncio.gather(*(one(item) for item in items))
+
+
+def tables(
+    report: Report,
+    sizes: Sizes,
+    cache: int,
+    servers: dict[str, dict[str, Any]],
+    in_memory_cpu_ms: float,
+) -> None:
+    report.print("## 8. Scale: many conversations on one worker")
+
+
+def goals(report: Report, servers: dict[str, dict[str, Any]], in_memory_cpu_ms: float) -> None:
+    pass
