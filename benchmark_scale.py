@@ -55,8 +55,6 @@ if TYPE_CHECKING:  # performance_benchmark imports this file: no arrow back up a
     from performance_benchmark import Settings
 
 SERVERS = (("tuned", "in memory"), (ON_DISK, "on disk (SQLite)"))
-HISTORY_EVENTS = (10, 100, 1_000)
-"""The history lengths of the cold turns' conversations (events in the current run)."""
 MEMORY_TURNS = (10, 1_000)
 AT_ONCE = 50
 """Conversations started (and their first turn sent) at a time: a crowd, not a stampede."""
@@ -82,18 +80,24 @@ class Sizes:
     cold_samples: int
     """Conversations of each history length."""
 
+    history_events: tuple[int, ...]
+    """The history lengths of the cold turns' conversations (events in the current run)."""
+
     @classmethod
     def of(cls, conversations: int, cache: int) -> Sizes:
+        """Approvals and busy conversations at most as many as the cache holds: past it,
+        each of their tasks would replay a history (the cold rows measure that)."""
         full = conversations >= 1_000
-        busy = tuple(sorted({min(count, conversations) for count in (AT_ONCE, 500)}))
+        busy = tuple(sorted({min(count, conversations, cache) for count in (AT_ONCE, 500)}))
         return cls(
             conversations=conversations,
             approvals=min(1_000, conversations, cache),
             busy=busy,
             busy_turns=1_500 if full else 3 * busy[-1],
             memory=min(300, conversations),
-            wait_s=20 if full else 2,
-            cold_samples=5 if full else 2,
+            wait_s=20 if full else 1,
+            cold_samples=5 if full else 1,
+            history_events=(10, 100, 1_000) if full else (10, 100),
         )
 
 
@@ -142,7 +146,9 @@ class Server:
         self.sizes, self.cache = sizes, cache
         self.client: Client
         self.task_queue = ""
-        self.started = 0  # conversations started on the current worker
+        self.taken_in = 0
+        """Conversations the current worker has taken into its cache (it keeps at most
+        `cache`, the most recently used)."""
 
     @property
     def worker_pid(self) -> int:
@@ -166,12 +172,13 @@ class Server:
         idle = await self.idle_sessions()
         timer.lap("idle")
         cold: dict[str, Any] = {"cached": {e: asdict(s) for e, s in cached.items()}}
-        if self.started > self.cache:  # the idle ones pushed the deep ones out
+        if self.taken_in > self.cache:  # the idle ones pushed the deep ones out
             cold["evicted"] = await self.cold_turns(deep)
         self.lab.newest_worker(task_queue).stop()
         await (await self.lab.spawn_worker(task_queue, self.server)).ready()
-        self.started = 0
+        self.taken_in = 0
         cold["after restart"] = await self.cold_turns(deep)
+        self.taken_in = sum(len(conversations) for conversations in deep.values())
         timer.lap("cold")
         memory = await self.memory_per_conversation(contexts)
         timer.lap("memory")
@@ -189,7 +196,7 @@ class Server:
         }
 
     async def start(self, label: str, session: SessionInput | None = None) -> Conversation:
-        self.started += 1
+        self.taken_in += 1
         return await Conversation.start(
             self.report, f"scale-{label}", self.client, self.task_queue, session=session
         )
@@ -199,7 +206,7 @@ class Server:
         last turns, while cached, for comparison with the cold ones."""
         deep: dict[int, list[Conversation]] = {}
         cached: dict[int, Stats] = {}
-        for events in HISTORY_EVENTS:
+        for events in self.sizes.history_events:
             conversations = [await self.start("deep") for _ in range(self.sizes.cold_samples)]
 
             async def grow(conversation: Conversation, events: int = events) -> list[float]:
@@ -218,7 +225,7 @@ class Server:
         n = self.sizes.conversations
         checkpoints = sorted({c for c in (n // 100, n // 10, n // 4, n // 2, n) if c > 0})
         await asyncio.sleep(1)
-        before, held = rss_bytes(self.worker_pid), self.started
+        before, held = rss_bytes(self.worker_pid), self.taken_in
         server_before = rss_bytes(self.server_pid)
         rows, done, started = [], 0, time.perf_counter()
 
@@ -264,7 +271,7 @@ class Server:
     async def memory_per_conversation(self, contexts: dict[int, list[Message]]) -> list[Any]:
         """Worker memory per cached conversation at turn 10 and 1 000: as many of each as
         the cache holds beside what it holds already, one turn each."""
-        count = max(1, min(self.sizes.memory, (self.cache - self.started) // len(contexts)))
+        count = max(1, min(self.sizes.memory, (self.cache - self.taken_in) // len(contexts)))
         rows = []
         for turn, messages in contexts.items():
             session = SessionInput(messages=messages, earlier_turns=turn - 1)
