@@ -31,12 +31,14 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from temporalio.client import Client, WorkflowUpdateStage
+from temporalio.client import Client, WithStartWorkflowOperation, WorkflowUpdateStage
+from temporalio.common import WorkflowIDConflictPolicy
 
 import worker
 from benchmark_harness import (
     ON_DISK,
     PLAIN,
+    TURN_TIMEOUT_S,
     Conversation,
     Lab,
     Report,
@@ -69,6 +71,10 @@ class Sizes:
     Below 1 000 it is a development run, and the rest shrinks with it."""
 
     conversations: int
+    conversations_on_disk: int
+    """Idle conversations on the server on disk: a tenth of them, at least 1 000, so that
+    the run stays near 15 minutes (SQLite is the slower); the worker's side of them is
+    the same on either server."""
     approvals: int
     """At most as many as the cache holds: each is asked what it waits for (a query)."""
     busy: tuple[int, ...]
@@ -95,10 +101,11 @@ class Sizes:
         busy = tuple(sorted({min(count, conversations, cache) for count in (AT_ONCE, 500)}))
         return cls(
             conversations=conversations,
+            conversations_on_disk=min(conversations, max(1_000, conversations // 10)),
             approvals=min(1_000, conversations, cache),
             busy=busy,
-            busy_turns=1_500 if full else 3 * busy[-1],
-            memory=min(300, conversations),
+            busy_turns=1_000 if full else 3 * busy[-1],
+            memory=min(200, conversations),
             wait_s=20 if full else 1,
             cold_samples=5 if full else 1,
             history_events=(10, 100, 1_000) if full else (10, 100),
@@ -131,9 +138,12 @@ async def scale(lab: Lab, s: Settings, report: Report) -> dict[str, Any]:
         if await lab.client(server) is None:
             continue  # A server of the user's: only the tuned one's rows.
         print(f"  scale, {label}...", file=sys.stderr, flush=True)
-        servers[label] = await Server(lab, report, server, label, sizes, cache).run(contexts)
-    tables(report, sizes, cache, servers, in_memory_cpu_ms)
-    goals(report, servers, in_memory_cpu_ms)
+        found = await Server(lab, report, server, label, sizes, cache).run(contexts)
+        # Each server's tables as soon as it is done: a run stopped during the second
+        # still shows the first's.
+        tables(report, sizes, cache, {label: found}, in_memory_cpu_ms)
+        goals(report, {label: found}, in_memory_cpu_ms)
+        servers[label] = found
     return {
         "sizes": sizes.__dict__,
         "workflow_cache_size": cache,
@@ -243,15 +253,35 @@ class Server:
 
     async def idle_sessions(self) -> list[dict[str, Any]]:
         """N conversations, one turn each, AT_ONCE at a time; memory at a few counts."""
-        n = self.sizes.conversations
+        n = self.sizes.conversations if self.server == "tuned" else self.sizes.conversations_on_disk
         checkpoints = sorted({c for c in (n // 100, n // 10, n // 4, n // 2, n) if c > 0})
         await asyncio.sleep(1)
         before, held = rss_bytes(self.worker_pid), self.taken_in
         server_before = rss_bytes(self.server_pid)
         rows, done, started = [], 0, time.perf_counter()
 
-        async def one_turn(_: int) -> float | None:
-            return await (await self.start("idle")).turn(PLAIN, "scripted")
+        async def one_turn(_: int) -> None:
+            # Started with its first message (update-with-start: one request), as a chat
+            # client could: thousands of conversations, and the run's time is theirs.
+            self.taken_in += 1
+            session = f"bench-scale-idle-{uuid.uuid4().hex[:8]}"
+            start = WithStartWorkflowOperation(
+                DurableAgentWorkflow.run,
+                SessionInput(),
+                id=session,
+                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+                task_queue=self.task_queue,
+            )
+            update = self.client.execute_update_with_start_workflow(
+                DurableAgentWorkflow.send_message, PLAIN, start_workflow_operation=start
+            )
+            try:
+                reply = await asyncio.wait_for(update, TURN_TIMEOUT_S)
+            except Exception as err:
+                self.report.failures.append(f"scale, idle {session}: {err!r}")
+                return
+            if "scripted" not in reply:
+                self.report.failures.append(f"scale, idle {session}: reply {reply!r}")
 
         for checkpoint in checkpoints:
             await limited(one_turn, range(done, checkpoint), AT_ONCE)
@@ -465,12 +495,13 @@ def tables(
 ) -> None:
     kb = 1024
     report.print(
-        TITLE,
+        f"{TITLE} ({', '.join(servers)})",
         f"One worker (workflow cache {cache} conversations), the dev server tuned, its state "
         "in memory or on disk (SQLite, `--db-filename`). Memory: resident set size (/proc) "
         "of the worker and of the server process.",
-        f"Idle sessions: {sizes.conversations} conversations, one turn each, {AT_ONCE} at "
-        "a time, then left idle. Per cached conversation: the worker's growth since the "
+        f"Idle sessions: {sizes.conversations} conversations on the server in memory, "
+        f"{sizes.conversations_on_disk} on disk, one turn each, {AT_ONCE} at a time, then "
+        "left idle. Per cached conversation: the worker's growth since the "
         "first, over the conversations the cache took in (it holds at most "
         f"{cache}; past that it evicts the least recently used).",
         markdown_table(
