@@ -103,7 +103,7 @@ def test_scale_section_runs_small_and_reports_every_part_on_both_servers(tmp_pat
         assert list(found["cold"]) == ["cached", "evicted", "after restart"]
         for kind in ("evicted", "after restart"):
             assert all(row["cold_ms"] and row["cached_ms"] for row in found["cold"][kind].values())
-        assert [row["turn"] for row in found["memory"]] == [10, 1000]
+        assert [row["turn"] for row in found["memory"]] == [10, 100]  # 10 and 1 000 in full
         waiting = found["waiting"]
         assert waiting["notes_written_once"] == waiting["conversations"] == 8
         [busy] = found["busy"]
