@@ -408,37 +408,47 @@ class Server:
 
     async def busy(self, count: int, task_queue: str, floor_queue: str) -> dict[str, Any]:
         """`count` conversations sending turns back to back, on the agent's worker and on
-        the floor's, one after the other; each after one unmeasured turn."""
+        the floor's, each after one unmeasured turn; in two rounds (agent, floor, agent,
+        floor), so that both meet the machine's drift alike."""
         turns = self.sizes.busy_turns_each(count)
+        systems = {"agent": task_queue, "floor": floor_queue}
+
+        async def start(system: str) -> Conversation:
+            if system == "agent":
+                conversation = await self.start("busy")
+            else:
+                conversation = await Conversation.start_floor(
+                    self.report, "scale-busy-floor", self.client, floor_queue, 1
+                )
+            await conversation.turn(PLAIN, None)
+            return conversation
+
+        conversations = {
+            system: await limited(start, [system] * count, AT_ONCE) for system in systems
+        }
+        latencies: dict[str, list[float]] = {system: [] for system in systems}
+        seconds = dict.fromkeys(systems, 0.0)
+        cpu_s = dict.fromkeys(systems, 0.0)
+        for share in (turns - turns // 2, turns // 2):
+            for system, queue in systems.items():
+                pid = self.lab.newest_worker(queue).pid
+                expect = "scripted" if system == "agent" else None
+                cpu, started = cpu_seconds(pid), time.perf_counter()
+                per_conversation = await asyncio.gather(
+                    *(c.turns_of(share, same(PLAIN), expect) for c in conversations[system])
+                )
+                seconds[system] += time.perf_counter() - started
+                cpu_s[system] += cpu_seconds(pid) - cpu
+                latencies[system] += [x for measured in per_conversation for x in measured]
         found: dict[str, Any] = {"conversations": count, "turns_each": turns}
-        for system, queue in (("agent", task_queue), ("floor", floor_queue)):
-
-            async def start(_: int, system: str = system, queue: str = queue) -> Conversation:
-                if system == "agent":
-                    conversation = await self.start("busy")
-                else:
-                    conversation = await Conversation.start_floor(
-                        self.report, "scale-busy-floor", self.client, queue, 1
-                    )
-                await conversation.turn(PLAIN, None)
-                return conversation
-
-            conversations = await limited(start, range(count), AT_ONCE)
-            pid = self.lab.newest_worker(queue).pid
-            expect = "scripted" if system == "agent" else None
-            cpu, started = cpu_seconds(pid), time.perf_counter()
-            per_conversation = await asyncio.gather(
-                *(c.turns_of(turns, same(PLAIN), expect) for c in conversations)
-            )
-            elapsed = time.perf_counter() - started
-            cpu_ms = 1000 * (cpu_seconds(pid) - cpu)
-            stats = Stats.of([x for latencies in per_conversation for x in latencies])
+        for system in systems:
+            stats = Stats.of(latencies[system])
             found[system] = {
                 "turns": stats.n,
-                "turns_per_s": stats.n / elapsed,
+                "turns_per_s": stats.n / seconds[system],
                 "p50_ms": stats.p50,
                 "p95_ms": stats.p95,
-                "worker_cpu_ms_per_turn": cpu_ms / max(1, stats.n),
+                "worker_cpu_ms_per_turn": 1000 * cpu_s[system] / max(1, stats.n),
             }
         return found
 

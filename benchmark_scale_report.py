@@ -170,8 +170,9 @@ def tables(
             ],
         ),
         "Busy: conversations sending plain turns back to back, all at once, after one "
-        "unmeasured turn each; the agent's worker, then the floor's (`bare_temporal.py`, one "
-        "no-op activity a turn) at the same concurrency. Worker CPU: the worker process's "
+        "unmeasured turn each; the agent's worker and the floor's (`bare_temporal.py`, one "
+        "no-op activity a turn) at the same concurrency, in two rounds (agent, floor, agent, "
+        "floor), so that both meet the machine's drift alike. Worker CPU: the worker process's "
         "user + system time over the run, per turn. In memory: the same turns with no "
         "Temporal, in conversations as long, CPU per turn; durable layer: agent - floor - "
         "in memory.",
