@@ -83,7 +83,6 @@ class Sizes:
     """How long the worker's CPU is measured while the approvals wait."""
     cold_samples: int
     """Conversations of each history length."""
-
     history_events: tuple[int, ...]
     """The history lengths of the cold turns' conversations (events in the current run)."""
     memory_turns: tuple[int, int]
@@ -113,7 +112,7 @@ class Sizes:
 
 
 async def scale(lab: Lab, s: Settings, report: Report) -> dict[str, Any]:
-    """Every part on each server; the tables put the servers' rows side by side."""
+    """Every part on each server, in turn; each server's tables as soon as it is done."""
     if not lab.spawns_workers:
         report.print(TITLE, "Skipped: it restarts workers, and this run uses an external one.")
         return {"skipped": "external worker"}
