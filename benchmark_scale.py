@@ -70,7 +70,7 @@ class Sizes:
     conversations: int
     conversations_on_disk: int
     """Idle conversations on the server on disk: a tenth of them, at least 1 000, so that
-    the run stays near 15 minutes (SQLite is the slower); the worker's side of them is
+    the run stays within reach (SQLite is the slower); the worker's side of them is
     the same on either server."""
     approvals: int
     """At most as many as the cache holds: each is asked what it waits for (a query)."""
