@@ -34,6 +34,9 @@ from contract import Message, PlanRequest, SessionInput
 from dev_server import DEV_SERVER_ARGS, start_dev_server
 from workflow import DurableAgentWorkflow
 
+ON_DISK = "tuned, on disk"
+"""The tuned dev server with its state in a SQLite file (`--db-filename`)."""
+PLAIN = "Hello there, how are you?"  # one model call
 TURN_TIMEOUT_S = 60  # a turn that takes longer is a failure, not a hung benchmark
 SHORT_CONVERSATION_TURNS = 10
 
@@ -143,7 +146,8 @@ class Lab:
     """The dev servers and worker processes of a run, started when first needed.
 
     "tuned" is the dev server as this project starts it (`DEV_SERVER_ARGS`); "default" is
-    `temporal server start-dev` with no settings, for the pacing comparison.
+    `temporal server start-dev` with no settings, for the pacing comparison; ON_DISK is
+    the tuned one with its state in a SQLite file, for the scale section.
     """
 
     def __init__(self, workdir: Path, address: str | None, external_task_queue: str | None):
@@ -173,11 +177,31 @@ class Lab:
                 address = self._address
             else:
                 if server not in self._servers:
-                    args = DEV_SERVER_ARGS if server == "tuned" else []
-                    self._servers[server] = await start_dev_server(args)
+                    self._servers[server] = await start_dev_server(self._server_args(server))
                 address = self._servers[server].client.service_client.config.target_host
             self._clients[key] = await worker.connect(address, env={**os.environ, **env})
         return self._clients[key]
+
+    def _server_args(self, server: str) -> list[str]:
+        if server == ON_DISK:  # the tuned server, its state in SQLite: what a person keeps
+            return [*DEV_SERVER_ARGS, "--db-filename", str(self.workdir / "temporal.db")]
+        return DEV_SERVER_ARGS if server == "tuned" else []
+
+    def server_pid(self, server: str = "tuned") -> int | None:
+        """The process id of a dev server this run started (found by its port), or None."""
+        if server not in self._servers:
+            return None
+        port = self._servers[server].client.service_client.config.target_host.rsplit(":", 1)[1]
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                args = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"start-dev" in args and port.encode() in args:
+                return int(proc.name)
+        return None
 
     async def worker(self, server: str = "tuned", **env: str) -> str | None:
         """The task queue of a running worker with these settings, started if need be.
@@ -193,13 +217,14 @@ class Lab:
             self._task_queues[key] = task_queue
         return self._task_queues[key]
 
-    async def floor_worker(self) -> str | None:
+    async def floor_worker(self, server: str = "tuned") -> str | None:
         """The task queue of the bare-Temporal worker (`bare_temporal.py`), started if
-        need be, on the tuned server; None when the run uses a server of the user's."""
+        need be, on that server; None when the run uses a server of the user's."""
         if not self.spawns_workers:
             return None
-        if "floor" not in self._task_queues:
-            client = await self.client()
+        key = "floor" if server == "tuned" else ("floor", server)
+        if key not in self._task_queues:
+            client = await self.client(server)
             assert client is not None
             task_queue = f"floor-{uuid.uuid4().hex[:8]}"
             log = self.workdir / f"floor-{len(self.processes)}.log"
@@ -208,8 +233,8 @@ class Lab:
             process = worker.WorkerProcess(address, task_queue, log, {}, script)
             self.processes.append(process)
             await process.ready()
-            self._task_queues["floor"] = task_queue
-        return self._task_queues["floor"]
+            self._task_queues[key] = task_queue
+        return self._task_queues[key]
 
     def worker_process(self, task_queue: str) -> worker.WorkerProcess:
         return next(p for p in reversed(self.processes) if p.task_queue == task_queue)
@@ -490,8 +515,12 @@ def check_model_calls(lab: Lab, report: Report, conversation: Conversation) -> i
 # --- The in-memory baseline: the same activities and model, no Temporal ---------------------
 
 
-async def in_memory_turns(count: int, text: str) -> list[float]:
+async def in_memory_turns(
+    count: int, text: str, messages: list[Message] | None = None
+) -> list[float]:
     """The agent loop of `workflow.py` in a plain asyncio loop: no server, no history.
+    `messages`: the context to go on from, and where it is left (trimmed to the context
+    budget as the workflow trims it).
 
     The activities run in the SDK's ActivityEnvironment, which gives them the context
     they expect (heartbeat, attempt) without a worker.
@@ -501,7 +530,7 @@ async def in_memory_turns(count: int, text: str) -> list[float]:
 
     activities = AgentActivities(LlmSettings(), Path(os.devnull))
     context = ActivityEnvironment()
-    messages: list[Message] = []
+    messages = [] if messages is None else messages
     latencies = []
     for _ in range(count):
         started = time.perf_counter()
@@ -518,6 +547,14 @@ async def in_memory_turns(count: int, text: str) -> list[float]:
         del messages[: plan.context_dropped]
         latencies.append(time.perf_counter() - started)
     return latencies
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of a process, from /proc (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
 
 
 def cpu_seconds(pid: int) -> float:

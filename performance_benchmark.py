@@ -4,6 +4,7 @@
     uv run performance_benchmark.py --quick                # every section, small: < 1 min
     uv run performance_benchmark.py --sections table2,pacing --iterations 100
     uv run performance_benchmark.py --json results.json    # also machine and versions
+    uv run performance_benchmark.py --sections scale       # on request: 20+ min here
     uv run performance_benchmark.py --address HOST:7233 --external-worker
 
 It starts its own Temporal dev servers and worker processes (`worker.py`, as a user runs
@@ -24,6 +25,10 @@ Sections:
   long        5 000 turns of 1 KB messages, the worker killed at turn 4 000
   programs    the weather in 4, 8, 16 cities and the warmest three: one tool call per
               model reply, all calls in one reply, one program (benchmark_programs.py)
+
+On request only (`--sections scale`, more than 20 minutes here):
+  scale       10 000 idle conversations, cold turns, 1 000 waiting approvals, 500 busy
+              conversations, on a server in memory and on disk (benchmark_scale.py)
 """
 
 from __future__ import annotations
@@ -48,6 +53,8 @@ from dotenv import load_dotenv
 import tracing
 import worker
 from benchmark_harness import (
+    ON_DISK,
+    PLAIN,
     SHORT_CONVERSATION_TURNS,
     Conversation,
     Lab,
@@ -65,12 +72,15 @@ from benchmark_harness import (
     short_conversations,
 )
 from benchmark_programs import programs
+from benchmark_scale import scale
 from codec import new_key
 from dev_server import DEV_SERVER_ARGS
 
-PLAIN = "Hello there, how are you?"  # one model call
 TOOL = "What is 25 * 4?"  # model -> calculator -> model
 SECTIONS = ("table2", "pacing", "growth", "recovery", "throughput", "long", "programs")
+"""What a run runs unless --sections says otherwise."""
+ON_REQUEST = ("scale",)
+"""Sections that run only when named: scale takes more than 20 minutes here."""
 HISTORY_WARNING_BYTES = 10 * 1024 * 1024
 HISTORY_WARNING_EVENTS = 10_240
 # Growth: the p50 of this many turns up to each sampled turn. Ten swung the turn-1000
@@ -108,6 +118,7 @@ class Settings:
     long_message_chars: int = 1_000
     program_cities: tuple[int, ...] = (4, 8, 16)
     program_rounds: int = 10
+    scale_conversations: int = 10_000
 
 
 QUICK = Settings(
@@ -850,6 +861,8 @@ def workers_needed(sections: Sequence[str], s: Settings) -> list[tuple[str, dict
         needed += [("tuned", env) for env in switched_on().values()]
     if "pacing" in sections:
         needed.append(("default", {}))
+    if "scale" in sections:
+        needed.append((ON_DISK, {}))
     return needed
 
 
@@ -861,17 +874,23 @@ SECTION_RUNNERS: dict[str, Callable[[Lab, Settings, Report], Awaitable[dict[str,
     "throughput": throughput,
     "long": long,
     "programs": programs,
+    "scale": scale,
 }
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Reproduce the paper's Table 2 and measure what it leaves out.",
-        epilog="Sections: " + ", ".join(SECTIONS),
+        epilog=f"Sections: {', '.join(SECTIONS)}; on request: {', '.join(ON_REQUEST)}",
     )
     parser.add_argument("--quick", action="store_true", help="small sizes: under a minute")
     parser.add_argument("--iterations", type=int, help="turns per mode in Table 2")
     parser.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated")
+    parser.add_argument(
+        "--scale-conversations",
+        type=int,
+        help="idle conversations of the scale section (default 10 000; fewer: all smaller)",
+    )
     parser.add_argument("--json", type=Path, default=Path("benchmark-results.json"), help="output")
     parser.add_argument("--address", help="a Temporal server of yours (default: start dev servers)")
     parser.add_argument(
@@ -884,10 +903,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     args.sections = [name.strip() for name in args.sections.split(",") if name.strip()]
-    if unknown := [name for name in args.sections if name not in SECTIONS]:
-        parser.error(f"unknown section {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
+    known = SECTIONS + ON_REQUEST
+    if unknown := [name for name in args.sections if name not in known]:
+        parser.error(f"unknown section {', '.join(unknown)}; choose from {', '.join(known)}")
     if args.iterations is not None and args.iterations < 1:
         parser.error("--iterations must be at least 1")
+    if args.scale_conversations is not None and args.scale_conversations < 1:
+        parser.error("--scale-conversations must be at least 1")
     return args
 
 
@@ -895,6 +917,8 @@ async def run(args: argparse.Namespace) -> int:
     settings = QUICK if args.quick else Settings()
     if args.iterations:
         settings = dataclasses.replace(settings, iterations=args.iterations)
+    if args.scale_conversations:
+        settings = dataclasses.replace(settings, scale_conversations=args.scale_conversations)
     address = args.address or os.environ.get("TEMPORAL_ADDRESS")
     external_task_queue = worker.task_queue_name(args.task_queue) if args.external_worker else None
     report = Report()

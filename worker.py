@@ -17,28 +17,37 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import functools
 import logging
 import os
+import py_compile
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Mapping
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dotenv import load_dotenv
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
+from temporalio.contrib.pydantic import PydanticJSONPlainPayloadConverter
+from temporalio.converter import (
+    CompositePayloadConverter,
+    DataConverter,
+    DefaultFailureConverterWithEncodedAttributes,
+    DefaultPayloadConverter,
+    JSONPlainPayloadConverter,
+)
 from temporalio.envconfig import ClientConfig
 from temporalio.service import RPCError
 from temporalio.worker import Worker
 
 import deployment
 import tracing
+import workflow
 from codec import EncryptedOnlyConverter, EncryptionCodec
 from workflow import DurableAgentWorkflow
 
@@ -52,6 +61,9 @@ DEFAULT_NOTES_FILE = "notes.jsonl"
 # If that worker died, the task waits this long before any worker may take it: the SDK's
 # default of 10 s would make every conversation of a crashed worker wait 10 s.
 STICKY_TIMEOUT = timedelta(seconds=1)
+# Conversations a worker keeps in memory between their tasks (the SDK's default). One that
+# fell out is replayed from its history at its next task (docs/performance.md, scale).
+DEFAULT_WORKFLOW_CACHE_SIZE = 1000
 
 
 class TemporalUnreachable(Exception):
@@ -82,6 +94,32 @@ async def connect(address: str | None = None, *, env: Mapping[str, str] | None =
         ) from err
 
 
+class PydanticPayloadConverter(CompositePayloadConverter):
+    """The SDK's pydantic payload converter (`temporalio.contrib.pydantic`), its JSON
+    converter one instance for the whole process.
+
+    The worker builds a payload converter for every workflow run it starts, and pydantic's
+    holds a cache of decoders (type adapters) of its own: each conversation that entered
+    the cache, or came back into it cold, built the decoder of `Plan` again (34 ms and
+    76 KB here) and kept it while cached. One shared JSON converter builds each once. The
+    types it decodes are the history's dataclasses (`contract.py`, which passes through
+    the sandbox), the same objects for every run; the cache is bounded (1 024) as before.
+    """
+
+    _json = PydanticJSONPlainPayloadConverter()
+
+    def __init__(self) -> None:
+        super().__init__(
+            *(
+                self._json if isinstance(c, JSONPlainPayloadConverter) else c
+                for c in DefaultPayloadConverter.default_encoding_payload_converters
+            )
+        )
+
+
+PYDANTIC_DATA_CONVERTER = DataConverter(payload_converter_class=PydanticPayloadConverter)
+
+
 def data_converter(env: Mapping[str, str] | None = None) -> DataConverter:
     """JSON through pydantic (the SDK's contrib), encrypted if ENCRYPTION_KEYS is set.
 
@@ -98,9 +136,9 @@ def data_converter(env: Mapping[str, str] | None = None) -> DataConverter:
     """
     codec = EncryptionCodec.from_env(env, refuse_later=True)
     if codec is None:
-        return pydantic_data_converter
+        return PYDANTIC_DATA_CONVERTER
     return dataclasses.replace(
-        pydantic_data_converter,
+        PYDANTIC_DATA_CONVERTER,
         payload_converter_class=EncryptedOnlyConverter,
         payload_codec=codec,
         failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
@@ -111,12 +149,40 @@ def task_queue_name(flag: str | None = None) -> str:
     return flag or os.environ.get("TEMPORAL_TASK_QUEUE") or DEFAULT_TASK_QUEUE
 
 
+def workflow_cache_size(env: Mapping[str, str] | None = None) -> int:
+    """WORKFLOW_CACHE_SIZE: conversations held in memory (0: replay every task); ValueError
+    naming the variable if it is not a whole number of at least 0."""
+    env = os.environ if env is None else env
+    given = env.get("WORKFLOW_CACHE_SIZE", "").strip()
+    if not given:
+        return DEFAULT_WORKFLOW_CACHE_SIZE
+    if not given.isdigit():
+        raise ValueError(f"WORKFLOW_CACHE_SIZE={given!r} is not a whole number of at least 0")
+    return int(given)
+
+
+@functools.cache
+def compile_workflow_module() -> None:
+    """Write `workflow.py`'s bytecode cache (`__pycache__`) if it can.
+
+    The workflow sandbox imports `workflow.py` afresh for every run it starts (a new
+    conversation, one back in the cache, each continue-as-new), so that no run sees
+    another's module state. Where Python writes no bytecode (PYTHONDONTWRITEBYTECODE, as
+    on this machine), every such import compiled the source again: 18 ms of each new or
+    cold conversation here (docs/performance.md, scale). The module still runs afresh
+    for every run; only the compiling is done once. A read-only folder keeps the old cost.
+    """
+    with suppress(OSError, py_compile.PyCompileError):
+        py_compile.compile(workflow.__file__, doraise=True)
+
+
 def build_worker(
     client: Client, task_queue: str, activities: AgentActivities, **options: Any
 ) -> Worker:
     """A worker for the agent, running these activities (`configured_activities`); its
     deployment version (deployment.py) defaults to the one the environment configures."""
     options.setdefault("deployment_config", deployment.deployment_config())
+    compile_workflow_module()
     return Worker(
         client,
         task_queue=task_queue,
@@ -257,6 +323,14 @@ class WorkerProcess:
         self._process.kill()
         self._process.wait()
 
+    def stop(self, timeout_s: float = 15) -> None:
+        """SIGTERM: the worker finishes its tasks and leaves, as a deploy stops it."""
+        self._process.terminate()
+        try:
+            self._process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
 
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -272,6 +346,7 @@ async def main() -> int:
             await activities.warm_up()
             traces = tracing.setup("durable-agent-worker")  # before connecting: adds the plugin
             version = deployment.deployment_config()
+            cache_size = workflow_cache_size()
             client = await connect(args.address)
             versioning = await deployment.make_current_if_first(client, version)
         except (ValueError, TemporalUnreachable) as err:
@@ -292,11 +367,18 @@ async def main() -> int:
         print(encryption, file=sys.stderr)
         print(traces, file=sys.stderr)
         print(versioning, file=sys.stderr)
+        print(f"Workflow cache: {cache_size} conversations", file=sys.stderr)
 
         stop = asyncio.Event()
         for signum in (signal.SIGINT, signal.SIGTERM):
             asyncio.get_running_loop().add_signal_handler(signum, stop.set)
-        async with serve(client, task_queue, activities, deployment_config=version):
+        async with serve(
+            client,
+            task_queue,
+            activities,
+            deployment_config=version,
+            max_cached_workflows=cache_size,
+        ):
             # The PID: what a person kills to crash this worker and no other process.
             print(
                 f"Polling task queue '{task_queue}' (worker PID {os.getpid()}). Ctrl-C to stop; "

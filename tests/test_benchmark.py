@@ -72,6 +72,47 @@ def test_quick_benchmark_runs_every_section_and_writes_its_numbers(tmp_path: Pat
     assert "## 1. Table 2" in run.stdout and "## Goals" in run.stdout
 
 
+def test_scale_section_runs_small_and_reports_every_part_on_both_servers(tmp_path: Path):
+    results_file = tmp_path / "results.json"
+    # A cache of 8 conversations, so that 12 idle ones push the deep ones out of it.
+    env = {**os.environ, "LLM_MODEL": "", "TEMPORAL_ADDRESS": "", "WORKFLOW_CACHE_SIZE": "8"}
+    command = [
+        "performance_benchmark.py",
+        "--sections",
+        "scale",
+        "--scale-conversations",
+        "12",
+        "--iterations",
+        "3",
+        "--json",
+        results_file,
+    ]
+    run = subprocess.run(
+        [sys.executable, *command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads(results_file.read_text())
+    assert results["failures"] == []  # every reply right, every note written once
+    scale = results["sections"]["scale"]
+    assert list(scale["servers"]) == ["in memory", "on disk (SQLite)"]
+    for label, found in scale["servers"].items():
+        assert found["idle"][-1]["conversations"] == 12
+        assert found["idle"][-1]["cached"] == 8  # the cache holds no more
+        assert found["idle"][-1]["worker_rss_bytes"] > 0 < found["idle"][-1]["server_rss_bytes"]
+        assert list(found["cold"]) == ["cached", "evicted", "after restart"]
+        for kind in ("evicted", "after restart"):
+            assert all(row["cold_ms"] and row["cached_ms"] for row in found["cold"][kind].values())
+        assert [row["turn"] for row in found["memory"]] == [10, 100]  # 10 and 1 000 in full
+        waiting = found["waiting"]
+        assert waiting["notes_written_once"] == waiting["conversations"] == 8
+        [busy] = found["busy"]
+        assert busy["agent"]["turns"] == busy["floor"]["turns"] == 8 * 3
+        goals = [g["name"] for g in results["goals"] if g["name"].startswith(f"scale, {label}:")]
+        assert len(goals) == 5, goals
+    assert run.stdout.count("## 8. Scale") == 2 and "## Goals" in run.stdout
+
+
 def test_latency_summary_in_milliseconds():
     stats = Stats.of([0.010, 0.020, 0.030, 0.040, 0.100])
 

@@ -28,7 +28,6 @@ from google.protobuf import json_format
 from temporalio import activity
 from temporalio.api.common.v1 import Payload, Payloads
 from temporalio.client import Client, WorkflowUpdateFailedError
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import PayloadConverter
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
@@ -41,7 +40,7 @@ from codec_server import build_app
 from contract import Plan, PlanRequest, Transcript
 from dev_server import temporal_binary
 from llm_client import LlmSettings
-from worker import build_worker, connect, data_converter
+from worker import PYDANTIC_DATA_CONVERTER, build_worker, connect, data_converter
 from workflow import DurableAgentWorkflow
 
 SECRET = "swordfish-4711"
@@ -146,7 +145,8 @@ def test_without_the_variables_nothing_changes(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.delenv("ENCRYPTION_KEYS", raising=False)
     monkeypatch.delenv("ENCRYPTION_KEY_ID", raising=False)
 
-    assert data_converter() is pydantic_data_converter
+    assert data_converter() is PYDANTIC_DATA_CONVERTER
+    assert data_converter().payload_codec is None
 
 
 async def test_the_new_key_command_prints_a_key_the_settings_accept():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import uuid
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities import AgentActivities, Faults
 from llm_client import LlmSettings
-from worker import build_worker
+from worker import DEFAULT_WORKFLOW_CACHE_SIZE, build_worker, workflow_cache_size
 from workflow import DurableAgentWorkflow
 
 # A model that emits broken tool calls, then repeats what the tools said.
@@ -189,3 +190,12 @@ def test_provider_errors_are_classified_transient_or_permanent():
     context = classify_provider_error(error(litellm.ContextWindowExceededError))
     assert "too long for this model" in context.message
     assert json.dumps(context.message)
+
+
+def test_a_malformed_workflow_cache_size_stops_the_worker_naming_it():
+    assert workflow_cache_size({}) == DEFAULT_WORKFLOW_CACHE_SIZE
+    assert workflow_cache_size({"WORKFLOW_CACHE_SIZE": "0"}) == 0  # replay every task
+
+    for bad in ("lots", "-1", "1.5"):
+        with pytest.raises(ValueError, match=f"WORKFLOW_CACHE_SIZE='{re.escape(bad)}'"):
+            workflow_cache_size({"WORKFLOW_CACHE_SIZE": bad})
