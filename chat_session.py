@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 from temporalio.client import (
     Client,
+    WorkflowExecutionDescription,
     WorkflowExecutionStatus,
     WorkflowFailureError,
     WorkflowQueryFailedError,
@@ -229,14 +230,18 @@ class ChatSession:
         except (RPCError, WorkflowQueryFailedError):
             return default
 
-    async def decide_waiting(self, call_id: str | None, approved: bool, reason: str) -> list[str]:
-        """--approve/--deny: decide one waiting call, or every one; return their turns' ids."""
+    async def _describe(self) -> WorkflowExecutionDescription:
+        """The conversation as Temporal describes it; ChatError if there is none."""
         try:
-            description = await self.handle.describe()
+            return await self.handle.describe()
         except RPCError as err:
             if err.status == RPCStatusCode.NOT_FOUND:
                 raise ChatError(f"There is no session {self.id}.") from None
             raise
+
+    async def decide_waiting(self, call_id: str | None, approved: bool, reason: str) -> list[str]:
+        """--approve/--deny: decide one waiting call, or every one; return their turns' ids."""
+        description = await self._describe()
         if description.status != WorkflowExecutionStatus.RUNNING:
             raise ChatError(f"Session {self.id} has ended: no tool call waits in it.")
         queue = description.task_queue
@@ -262,12 +267,7 @@ class ChatSession:
 
     async def end(self) -> Transcript:
         """Ask the workflow to end (if it has not yet) and wait for its transcript."""
-        try:
-            description = await self.handle.describe()
-        except RPCError as err:
-            if err.status == RPCStatusCode.NOT_FOUND:
-                raise ChatError(f"There is no session {self.id}.") from None
-            raise
+        description = await self._describe()
         # Only a running workflow takes the signal: signalling one that ended (the model
         # said goodbye) is an error the server records, and a trace shows as one.
         if description.status == WorkflowExecutionStatus.RUNNING:

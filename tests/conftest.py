@@ -230,7 +230,16 @@ async def chat_client(
 ) -> ChatRun:
     """Run the chat client in a subprocess (with `env` over this process's environment);
     async, so the test's in-process worker keeps working."""
-    process = await asyncio.create_subprocess_exec(
+    process = await chat_client_process(*args, env=env)
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)
+    return ChatRun(process.returncode or 0, stdout.decode(), stderr.decode())
+
+
+async def chat_client_process(
+    *args: str, env: Mapping[str, str] | None = None
+) -> asyncio.subprocess.Process:
+    """The chat client started in a subprocess, its stdout and stderr piped to the test."""
+    return await asyncio.create_subprocess_exec(
         sys.executable,
         str(ROOT / "start_workflow.py"),
         *args,
@@ -239,8 +248,6 @@ async def chat_client(
         env={**os.environ, **(env or {})},
         cwd=ROOT,
     )
-    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)
-    return ChatRun(process.returncode or 0, stdout.decode(), stderr.decode())
 
 
 def free_port() -> int:

@@ -17,7 +17,15 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, chat_client, history_events, say, start_session, until
+from conftest import (
+    ROOT,
+    chat_client,
+    chat_client_process,
+    history_events,
+    say,
+    start_session,
+    until,
+)
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle
 
@@ -199,16 +207,7 @@ class Script:
 
     @classmethod
     async def start(cls, *args: str, env: dict[str, str] | None = None) -> Script:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            str(ROOT / "start_workflow.py"),
-            *args,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env={**os.environ, **(env or {})},
-            cwd=ROOT,
-        )
-        return cls(process)
+        return cls(await chat_client_process(*args, env=env))
 
     async def _read(self) -> None:
         assert self.process.stderr is not None
