@@ -135,7 +135,7 @@ class Faults:
 
 
 class AgentActivities:
-    """The activities, sharing the settings read once when the worker starts."""
+    """The two activities, sharing the settings read once when the worker starts."""
 
     def __init__(
         self,
