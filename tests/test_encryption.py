@@ -377,8 +377,10 @@ async def test_a_client_without_the_keys_says_so_in_one_line_and_leaks_nothing(
 async def test_a_client_without_the_keys_cannot_talk_to_an_encrypting_worker_either(
     temporal: WorkflowEnvironment, encrypted_conversation: EncryptedConversation
 ):
-    # A new session: nothing to check first; the worker refuses the message, and the
-    # client cannot read why (the refusal is encrypted), which is why it says so.
+    # A new session: nothing to check first; the worker refuses the message. The client
+    # says so when it reads the refusal (encrypted: it cannot say why) or, if the refusal
+    # takes longer than half a second, when its first look for approvals meets an
+    # encrypted answer: which one comes first depends on the machine's load.
     code, stdout, stderr = await chat_client(
         *("--address", address(temporal), "--task-queue", encrypted_conversation.task_queue),
         *("--message", "What is 1 + 1?"),
@@ -386,10 +388,13 @@ async def test_a_client_without_the_keys_cannot_talk_to_an_encrypting_worker_eit
     )
 
     assert (code, stdout) == (1, "")
-    assert stderr.splitlines()[-1] == (
+    assert "Traceback" not in stderr
+    assert stderr.splitlines()[-1] in {
         "error: The worker encrypts and this client cannot read its answer: it has no key "
-        "or the wrong one. Set ENCRYPTION_KEYS and ENCRYPTION_KEY_ID as the worker has them."
-    )
+        "or the wrong one. Set ENCRYPTION_KEYS and ENCRYPTION_KEY_ID as the worker has them.",
+        "error: The conversation is encrypted and this client has no key: set ENCRYPTION_KEYS "
+        "and ENCRYPTION_KEY_ID as the worker has them.",
+    }
 
 
 async def test_the_worker_rejects_an_update_it_cannot_decrypt_and_it_leaves_no_trace(
