@@ -4,7 +4,7 @@
     uv run performance_benchmark.py --quick                # every section, small: < 1 min
     uv run performance_benchmark.py --sections table2,pacing --iterations 100
     uv run performance_benchmark.py --json results.json    # also machine and versions
-    uv run performance_benchmark.py --sections scale       # on request: 20+ min here
+    uv run performance_benchmark.py --sections scale       # on request: 20 min here
     uv run performance_benchmark.py --address HOST:7233 --external-worker
 
 It starts its own Temporal dev servers and worker processes (`worker.py`, as a user runs
@@ -26,7 +26,7 @@ Sections:
   programs    the weather in 4, 8, 16 cities and the warmest three: one tool call per
               model reply, all calls in one reply, one program (benchmark_programs.py)
 
-On request only (`--sections scale`, more than 20 minutes here):
+On request only (`--sections scale`, about 20 minutes here):
   scale       10 000 idle conversations, cold turns, 1 000 waiting approvals, 500 busy
               conversations, on a server in memory and on disk (benchmark_scale.py)
 """
@@ -80,7 +80,7 @@ TOOL = "What is 25 * 4?"  # model -> calculator -> model
 SECTIONS = ("table2", "pacing", "growth", "recovery", "throughput", "long", "programs")
 """What a run runs unless --sections says otherwise."""
 ON_REQUEST = ("scale",)
-"""Sections that run only when named: scale takes more than 20 minutes here."""
+"""Sections that run only when named: scale takes about 20 minutes here."""
 HISTORY_WARNING_BYTES = 10 * 1024 * 1024
 HISTORY_WARNING_EVENTS = 10_240
 # Growth: the p50 of this many turns up to each sampled turn. Ten swung the turn-1000
