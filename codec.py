@@ -40,8 +40,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from temporalio import workflow
 from temporalio.api.common.v1 import Payload
 from temporalio.client import Client
-from temporalio.contrib.pydantic import PydanticPayloadConverter
-from temporalio.converter import PayloadCodec
+from temporalio.converter import CompositePayloadConverter, PayloadCodec
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -173,9 +172,10 @@ def _marked(payload: Payload, why: bytes) -> Payload:
     return marked
 
 
-class EncryptedOnlyConverter(PydanticPayloadConverter):
-    """The project's converter, for processes that encrypt: it refuses what the codec
-    handed on undecrypted (NOT_DECRYPTED).
+class EncryptedOnlyConverter(CompositePayloadConverter):
+    """What a process that encrypts adds to the project's converter: it refuses what the
+    codec handed on undecrypted (NOT_DECRYPTED). A layer, not a converter of its own:
+    worker.py puts it over the one JSON converter the process shares.
 
     A new update that carries one is rejected: the SDK rejects an update whose arguments
     do not convert, before anything reaches history, so a client without the keys (or

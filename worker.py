@@ -117,6 +117,11 @@ class PydanticPayloadConverter(CompositePayloadConverter):
         )
 
 
+class EncryptedPydanticPayloadConverter(EncryptedOnlyConverter, PydanticPayloadConverter):
+    """An encrypting process's converter: EncryptedOnlyConverter's refusals over the
+    shared JSON converter, so encrypted conversations build `Plan`'s decoder once too."""
+
+
 PYDANTIC_DATA_CONVERTER = DataConverter(payload_converter_class=PydanticPayloadConverter)
 
 
@@ -139,7 +144,7 @@ def data_converter(env: Mapping[str, str] | None = None) -> DataConverter:
         return PYDANTIC_DATA_CONVERTER
     return dataclasses.replace(
         PYDANTIC_DATA_CONVERTER,
-        payload_converter_class=EncryptedOnlyConverter,
+        payload_converter_class=EncryptedPydanticPayloadConverter,
         payload_codec=codec,
         failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
     )
