@@ -289,7 +289,7 @@ class ChatSession:
         transcript = await self.quick_query(DurableAgentWorkflow.conversation, None, 5)
         if transcript is None:
             return []
-        said = [m for m in transcript.messages if m.role in ("user", "assistant") and m.content]
+        said = spoken(transcript.messages)
         last_user = max((i for i, m in enumerate(said) if m.role == "user"), default=None)
         return [] if last_user is None else said[last_user:]
 
@@ -311,8 +311,17 @@ def _nothing_waits(session: str, call_id: str | None, pending: list[PendingAppro
     return f"No tool call {call_id} waits in session {session}{waiting}."
 
 
+def spoken(messages: list[Message]) -> list[Message]:
+    """What the user and the agent said to each other: no tool calls, no tool results."""
+    return [m for m in messages if m.role in ("user", "assistant") and m.content]
+
+
+def print_messages(messages: list[Message]) -> None:
+    """Each message as the chat shows it: `you> ...` and `agent> ...`."""
+    for message in messages:
+        print(f"{'you' if message.role == 'user' else 'agent'}> {message.content}")
+
+
 def print_transcript(transcript: Transcript) -> None:
     print("--- transcript ---")
-    for message in transcript.messages:
-        if message.role in ("user", "assistant") and message.content:
-            print(f"{'you' if message.role == 'user' else 'agent'}> {message.content}")
+    print_messages(spoken(transcript.messages))

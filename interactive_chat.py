@@ -20,7 +20,7 @@ import threading
 
 import worker
 from approval_prompts import Approver, AwaitingApproval, asking_on
-from chat_session import ChatError, ChatSession, print_transcript
+from chat_session import ChatError, ChatSession, print_messages, print_transcript
 from stream_view import TurnView
 from usage_lines import print_usage
 from workflow import DurableAgentWorkflow
@@ -117,8 +117,7 @@ async def chat(
             await session.reply_of(turn_id, ask, view)
         elif attached and (last := await session.last_exchange()):
             print("(the last exchange:)", file=sys.stderr)
-            for message in last:
-                print(f"{'you' if message.role == 'user' else 'agent'}> {message.content}")
+            print_messages(last)
         await _converse(session, terminal, ask, view, embedded)
     except AwaitingApproval:  # Ctrl-D at `approve? [y/N]`
         print()
