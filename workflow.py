@@ -486,9 +486,7 @@ class DurableAgentWorkflow:
         elif call.name in WORKSPACE_TOOLS:
             result = await self._file_tool(call)
         else:
-            result = await workflow.execute_activity(
-                "execute_tool", call, result_type=ToolResult, **TOOL_OPTIONS
-            )
+            result = await _execute_tool(call)
         self._publish_tool(call, "finished", "error" if result.is_error else "ok")
         return result
 
@@ -532,25 +530,18 @@ class DurableAgentWorkflow:
         model reads that the workspace is unavailable, and the turn goes on."""
         async with self._pinning:  # Calls at once wait for the first to pin, or not.
             if self._workspace is None:
-                result = await workflow.execute_activity(
-                    "execute_tool", call, result_type=ToolResult, **TOOL_OPTIONS
-                )
+                result = await _execute_tool(call)
                 self._workspace = result.workspace  # None: that worker keeps no files.
                 return result
         pin = self._workspace
         in_workspace = dataclasses.replace(call, workspace=pin.folder)
         if pin.queue is None:  # Shared storage: any worker of the conversation's queue.
-            return await workflow.execute_activity(
-                "execute_tool", in_workspace, result_type=ToolResult, **TOOL_OPTIONS
-            )
+            return await _execute_tool(in_workspace)
         try:
-            return await workflow.execute_activity(
-                "execute_tool",
+            return await _execute_tool(
                 in_workspace,
-                result_type=ToolResult,
                 task_queue=pin.queue,
                 schedule_to_start_timeout=timedelta(seconds=pin.unavailable_after_s),
-                **TOOL_OPTIONS,
             )
         except ActivityError as err:
             if not isinstance(err.cause, ActivityTimeoutError):
@@ -802,6 +793,14 @@ def _not_run(call: ToolCall, why: str) -> ToolResult:
 
 def _expiry_refusal(call_id: str, expires_at: str) -> str:
     return f"Tool call {call_id} expired at {expires_at}: it was not run."
+
+
+async def _execute_tool(call: ToolCall, **where: Any) -> ToolResult:
+    """The call as an `execute_tool` activity; `where`: another task queue, and how long
+    the call may wait there for a worker."""
+    return await workflow.execute_activity(
+        "execute_tool", call, result_type=ToolResult, **TOOL_OPTIONS, **where
+    )
 
 
 def _tool_error(call: ToolCall, why: str) -> ToolResult:
