@@ -247,14 +247,12 @@ class Workspace:
                 raise ToolError(f"the workspace holds {self.max_files} files and folders: no more")
 
     def _text(self, directory: int, name: str, path: str) -> str:
-        kind = _kind(directory, name)
-        if kind is None:
+        found = _lstat(directory, name)
+        if found is None:
             raise ToolError(f"{path}: no such file")
-        if kind != "file":
+        if (kind := _kind_of(found.st_mode)) != "file":
             raise ToolError(f"{path} is a {kind}: refused")
-        if (
-            size := os.stat(name, dir_fd=directory, follow_symlinks=False).st_size
-        ) > self.max_file_bytes:
+        if (size := found.st_size) > self.max_file_bytes:
             raise ToolError(f"{path}: {size} bytes; the tools read at most {self.max_file_bytes}")
         text = _read_text(directory, name)
         if text is None:
@@ -308,11 +306,20 @@ def _descend(fd: int, part: str, path: str) -> int:
 
 
 def _kind(directory: int, name: str) -> str | None:
-    """What `name` is, without following it: file, folder, symbolic link, special file."""
+    """What `name` is, without following it (None: nothing by that name)."""
+    found = _lstat(directory, name)
+    return None if found is None else _kind_of(found.st_mode)
+
+
+def _lstat(directory: int, name: str) -> os.stat_result | None:
     try:
-        mode = os.stat(name, dir_fd=directory, follow_symlinks=False).st_mode
+        return os.stat(name, dir_fd=directory, follow_symlinks=False)
     except FileNotFoundError:
         return None
+
+
+def _kind_of(mode: int) -> str:
+    """File, folder, symbolic link or special file."""
     if stat.S_ISLNK(mode):
         return "symbolic link"
     if stat.S_ISDIR(mode):
@@ -364,15 +371,16 @@ def _walk(directory: int, prefix: str) -> Iterator[_Entry]:
     with os.scandir(directory) as entries:
         names = sorted(entry.name for entry in entries if not _reserved(entry.name))
     for name in names:
-        kind = _kind(directory, name)
-        if kind is None:  # Gone since the listing.
+        found = _lstat(directory, name)
+        if found is None:  # Gone since the listing.
             continue
-        size = os.stat(name, dir_fd=directory, follow_symlinks=False).st_size
-        yield _Entry(f"{prefix}/{name}" if prefix else name, kind, size, directory, name)
+        path = f"{prefix}/{name}" if prefix else name
+        kind = _kind_of(found.st_mode)
+        yield _Entry(path, kind, found.st_size, directory, name)
         if kind == "folder":
             inner = os.open(name, _DIRECTORY, dir_fd=directory)
             try:
-                yield from _walk(inner, f"{prefix}/{name}" if prefix else name)
+                yield from _walk(inner, path)
             finally:
                 os.close(inner)
 
