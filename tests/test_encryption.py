@@ -23,7 +23,15 @@ from unittest import mock
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from conftest import ROOT, approvals_waiting, decide, history_events, say, start_session
+from conftest import (
+    ROOT,
+    approvals_waiting,
+    chat_client,
+    decide,
+    history_events,
+    say,
+    start_session,
+)
 from google.protobuf import json_format
 from temporalio import activity
 from temporalio.api.common.v1 import Payload, Payloads
@@ -198,6 +206,19 @@ class EncryptedChat:
     transcript: Transcript
 
 
+@asynccontextmanager
+async def encrypting_worker(
+    temporal: WorkflowEnvironment, activities: AgentActivities
+) -> AsyncIterator[tuple[Client, str]]:
+    """A client with the keys and an in-process worker, connected as the product connects
+    (`worker.connect`), on a task queue of their own; the worker keeps no workflow in
+    cache, so every task replays the history before it."""
+    client = await keyed_client(temporal)
+    task_queue = f"test-{uuid.uuid4()}"
+    async with build_worker(client, task_queue, activities, max_cached_workflows=0):
+        yield client, task_queue
+
+
 @pytest.fixture(scope="module")
 async def encrypted_chat(
     temporal: WorkflowEnvironment, tmp_path_factory: pytest.TempPathFactory
@@ -205,11 +226,9 @@ async def encrypted_chat(
     """A note (approved by a person), a failed turn and a goodbye, through a client and an
     in-process worker that connect as the product does (`worker.connect`) with the
     encryption variables set."""
-    client = await keyed_client(temporal)
-    task_queue = f"test-{uuid.uuid4()}"
     notes = tmp_path_factory.mktemp("encrypted") / "notes.jsonl"
     activities = ActivitiesThatFailOnRequest(LlmSettings(), notes)
-    async with build_worker(client, task_queue, activities, max_cached_workflows=0):
+    async with encrypting_worker(temporal, activities) as (client, task_queue):
         handle = await start_session(client, task_queue)
         turn = asyncio.create_task(say(handle, f"note: the password is {SECRET}"))
         [waiting] = await approvals_waiting(handle)  # a query: its result is encrypted too
@@ -316,29 +335,12 @@ async def encrypted_conversation(
 ) -> AsyncIterator[EncryptedConversation]:
     """A conversation started and answered once with the keys, its worker still running:
     one that keeps no workflow in cache, so every task replays the updates before it."""
-    client = await keyed_client(temporal)
-    task_queue = f"test-{uuid.uuid4()}"
     notes = tmp_path_factory.mktemp("keyless") / "notes.jsonl"
     activities = AgentActivities(LlmSettings(), notes)
-    async with build_worker(client, task_queue, activities, max_cached_workflows=0):
+    async with encrypting_worker(temporal, activities) as (client, task_queue):
         handle = await start_session(client, task_queue)
         assert await say(handle, "What is 2 + 2?") == "2 + 2 = 4"
         yield EncryptedConversation(handle.id, task_queue)
-
-
-async def chat_client(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
-    """start_workflow.py as a person runs it; its exit code, stdout and stderr."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(ROOT / "start_workflow.py"),
-        *args,
-        env={**os.environ, **env},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    stdout, stderr = await asyncio.wait_for(process.communicate(), 30)
-    assert process.returncode is not None
-    return process.returncode, stdout.decode(), stderr.decode()
 
 
 async def plaintext_events(temporal: WorkflowEnvironment, workflow_id: str) -> list[int]:
@@ -374,14 +376,15 @@ async def test_a_client_without_the_keys_says_so_in_one_line_and_leaks_nothing(
     says: str,
 ):
     conversation = encrypted_conversation
-    code, stdout, stderr = await chat_client(
+    run = await chat_client(
         *("--address", address(temporal), "--task-queue", conversation.task_queue),
         *("--session", conversation.workflow_id, "--message", "What is 1 + 1?"),
         env=env,
+        timeout=30,
     )
 
-    assert (code, stdout) == (1, "")
-    [line] = stderr.splitlines()
+    assert (run.returncode, run.stdout) == (1, "")
+    [line] = run.stderr.splitlines()
     assert line.startswith(f"error: Conversation {conversation.workflow_id} ") and says in line
     assert await plaintext_events(temporal, conversation.workflow_id) == []
 
@@ -393,15 +396,16 @@ async def test_a_client_without_the_keys_cannot_talk_to_an_encrypting_worker_eit
     # says so when it reads the refusal (encrypted: it cannot say why) or, if the refusal
     # takes longer than half a second, when its first look for approvals meets an
     # encrypted answer: which one comes first depends on the machine's load.
-    code, stdout, stderr = await chat_client(
+    run = await chat_client(
         *("--address", address(temporal), "--task-queue", encrypted_conversation.task_queue),
         *("--message", "What is 1 + 1?"),
         env={"ENCRYPTION_KEYS": "", "ENCRYPTION_KEY_ID": ""},
+        timeout=30,
     )
 
-    assert (code, stdout) == (1, "")
-    assert "Traceback" not in stderr
-    assert stderr.splitlines()[-1] in {
+    assert (run.returncode, run.stdout) == (1, "")
+    assert "Traceback" not in run.stderr
+    assert run.stderr.splitlines()[-1] in {
         "error: The worker encrypts and this client cannot read its answer: it has no key "
         "or the wrong one. Set ENCRYPTION_KEYS and ENCRYPTION_KEY_ID as the worker has them.",
         "error: The conversation is encrypted and this client has no key: set ENCRYPTION_KEYS "
